@@ -1,0 +1,3 @@
+from .scheduling_ddgan import DDGANScheduler, DDGANSchedulerOutput
+
+__all__ = ["DDGANScheduler", "DDGANSchedulerOutput"]

@@ -1,0 +1,82 @@
+"""Tiny seeded components for tests and examples (never for real use)."""
+
+from __future__ import annotations
+
+import torch
+from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+from .models import ProductDiscriminator, ProductGenerator
+from .schedulers import DDGANScheduler
+from .text import load_clip_tokenizer
+
+TINY_TEXT_DIM = 32
+
+
+def tiny_text_encoder(seed: int = 0) -> CLIPTextModelWithProjection:
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=TINY_TEXT_DIM,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        projection_dim=TINY_TEXT_DIM,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+    )
+    return CLIPTextModelWithProjection(config).eval()
+
+
+def tiny_generator(seed: int = 0, sample_size: int = 16, num_train_timesteps: int = 4) -> ProductGenerator:
+    torch.manual_seed(seed)
+    return ProductGenerator(
+        sample_size=sample_size,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        attention_resolutions=(sample_size // 2,),
+        z_dim=8,
+        text_embed_dim=TINY_TEXT_DIM,
+        pooled_text_dim=TINY_TEXT_DIM,
+        style_dim=16,
+        num_train_timesteps=num_train_timesteps,
+        num_attention_heads=2,
+        norm_num_groups=4,
+    )
+
+
+def tiny_discriminator(seed: int = 0, sample_size: int = 16, num_train_timesteps: int = 4) -> ProductDiscriminator:
+    torch.manual_seed(seed)
+    return ProductDiscriminator(
+        sample_size=sample_size,
+        block_out_channels=(8, 16, 16),
+        pooled_text_dim=TINY_TEXT_DIM,
+        num_train_timesteps=num_train_timesteps,
+        temb_dim=16,
+    )
+
+
+def get_dummy_components(seed: int = 0, sample_size: int = 16, num_train_timesteps: int = 4) -> dict:
+    """Tokenizer, tiny text encoder, tiny generator and scheduler, deterministic for ``seed``.
+
+    Generator weights are perturbed away from their (partly zero) initialisation so that every
+    input, including the text, changes the output.
+    """
+    generator = tiny_generator(seed, sample_size, num_train_timesteps)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in generator.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    return {
+        "tokenizer": load_clip_tokenizer(),
+        "text_encoder": tiny_text_encoder(seed),
+        "generator": generator.eval(),
+        "scheduler": DDGANScheduler(num_train_timesteps=num_train_timesteps),
+    }
+
+
+def make_tiny_pipeline(seed: int = 0, **kwargs):
+    from .pipeline import ProductImagePipeline
+
+    return ProductImagePipeline(**get_dummy_components(seed, **kwargs))
