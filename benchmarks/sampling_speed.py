@@ -1,0 +1,99 @@
+"""CPU/GPU sampling speed of a ProductImagePipeline.
+
+    python benchmarks/sampling_speed.py                              # default generator config, random weights
+    python benchmarks/sampling_speed.py --pipeline pipelines/prodimg-fashion-32 --batch_size 64
+    python benchmarks/sampling_speed.py --dtype bfloat16 --channels_last
+
+Prints parameter counts and images/s for the full pipeline call (text encoding included) and for
+the denoising loop alone, at the given batch size and steps. Weights do not affect speed, so
+without --pipeline a randomly initialised default generator and a 256-wide, 4-layer CLIP text
+encoder stand in for the trained ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+
+def build_default_pipeline():
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from prodimg import DDGANScheduler, ProductGenerator, ProductImagePipeline
+    from prodimg.text import load_clip_tokenizer
+
+    torch.manual_seed(0)
+    text_config = CLIPTextConfig(
+        vocab_size=49408, hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
+        max_position_embeddings=77, projection_dim=256, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+    )
+    return ProductImagePipeline(
+        tokenizer=load_clip_tokenizer(),
+        text_encoder=CLIPTextModelWithProjection(text_config).eval(),
+        generator=ProductGenerator().eval(),
+        scheduler=DDGANScheduler(),
+    )
+
+
+def count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pipeline", default=None)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--channels_last", action="store_true")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from prodimg import ProductImagePipeline
+
+    pipe = ProductImagePipeline.from_pretrained(args.pipeline) if args.pipeline else build_default_pipeline()
+    dtype = getattr(torch, args.dtype)
+    pipe = pipe.to(args.device, dtype)
+    if args.channels_last:
+        pipe.generator.to(memory_format=torch.channels_last)
+    pipe.set_progress_bar_config(disable=True)
+    steps = args.steps or pipe.scheduler.config.num_train_timesteps
+    prompts = ["red striped dress", "blue sneaker", "black leather bag", "white t-shirt"]
+    prompts = (prompts * args.batch_size)[: args.batch_size]
+
+    embeds = pipe.encode_text(prompts)
+
+    def full():
+        pipe(prompts, num_inference_steps=steps, generator=torch.Generator(args.device).manual_seed(0), output_type="pt")
+
+    def loop_only():
+        pipe(prompt_embeds=embeds, num_inference_steps=steps, generator=torch.Generator(args.device).manual_seed(0),
+             output_type="pt")
+
+    with torch.inference_mode():
+        t_full = timed(full, args.repeats)
+        t_loop = timed(loop_only, args.repeats)
+    g = pipe.generator.config
+    print(f"device={args.device} dtype={args.dtype} channels_last={args.channels_last} threads={torch.get_num_threads()}")
+    print(f"generator: {count(pipe.generator) / 1e6:.2f}M params, {g.sample_size}px, channels {list(g.block_out_channels)}")
+    print(f"text encoder: {count(pipe.text_encoder) / 1e6:.2f}M params")
+    print(f"batch {args.batch_size}, {steps} steps: full pipeline {args.batch_size / t_full:.1f} images/s "
+          f"({t_full * 1000:.0f} ms/batch); denoising only {args.batch_size / t_loop:.1f} images/s")
+
+
+if __name__ == "__main__":
+    main()
