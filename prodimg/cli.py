@@ -13,6 +13,7 @@ import sys
 
 SUBCOMMAND_MODULES = [
     "prodimg.commands.generate",
+    "prodimg.commands.build_dataset",
 ]
 
 
