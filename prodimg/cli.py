@@ -14,6 +14,8 @@ import sys
 SUBCOMMAND_MODULES = [
     "prodimg.commands.generate",
     "prodimg.commands.build_dataset",
+    "prodimg.commands.serve",
+    "prodimg.commands.keys",
 ]
 
 

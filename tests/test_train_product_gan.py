@@ -1,0 +1,700 @@
+"""train_scripts/train_product_gan.py and prodimg.training, with tiny components on CPU (offline).
+
+Runs through ``accelerate launch`` (one process, and two DDP processes over gloo) are subprocesses;
+the other runs call the trainer in-process (same code path, no interpreter start-up).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import operator
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from prodimg import ProductImagePipeline
+from prodimg.testing import make_tiny_pipeline, tiny_discriminator, tiny_generator
+from prodimg.training import checkpointing as ckpt
+from prodimg.training.augment import diff_augment
+from prodimg.training.gan import SUMMARY_FILE, GANTrainer, build_parser, main, parse_args, train_product_gan
+from prodimg.training.losses import mismatched_captions
+from prodimg.training.precision import NonFiniteTrainingError
+from prodimg.training.sampler import ResumableBatchSampler
+from prodimg.training.state import flatten_state, load_state_files, save_state_files, unflatten_state
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "train_scripts" / "train_product_gan.py"
+COLORS = ["red", "blue", "green", "black"]
+CATEGORIES = ["dress", "bag", "sneaker", "shirt"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def subprocess_env(tmp: Path) -> dict:
+    env = dict(os.environ)
+    env.update(
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        PRODIMG_METRICS_CACHE=str(tmp / "metrics-cache"),
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
+        HF_DATASETS_CACHE=str(tmp / "hf-datasets"),
+    )
+    return env
+
+
+@pytest.fixture(scope="module")
+def fixtures(tmp_path_factory):
+    """A saved tiny pipeline, a text-encoder-only folder, tiny configs, an imagefolder and a save_to_disk dataset."""
+    root = tmp_path_factory.mktemp("train")
+    pipe = make_tiny_pipeline()
+    pipe.save_pretrained(root / "pipe")
+    te = root / "text_encoder_only"
+    te.mkdir()
+    shutil.copytree(root / "pipe" / "text_encoder", te / "text_encoder")
+    shutil.copytree(root / "pipe" / "tokenizer", te / "tokenizer")
+    gcfg = {k: v for k, v in dict(tiny_generator().config).items() if not k.startswith("_")}
+    (root / "gcfg.json").write_text(json.dumps(gcfg))
+    dcfg = {k: v for k, v in dict(tiny_discriminator().config).items() if not k.startswith("_")}
+    (root / "dcfg.json").write_text(json.dumps(dcfg))
+
+    rng = np.random.default_rng(0)
+    images, captions = [], []
+    for i in range(16):
+        arr = np.full((16, 16, 3), 255, np.uint8)
+        arr[4:12, 4:12] = (rng.random(3) * 255).astype(np.uint8)
+        images.append(Image.fromarray(arr))
+        captions.append(f"{COLORS[i % 4]} {CATEGORIES[i // 4]}")
+    folder = root / "imagefolder"
+    folder.mkdir()
+    with open(folder / "metadata.jsonl", "w") as f:
+        for i, (im, cap) in enumerate(zip(images, captions)):
+            im.save(folder / f"{i:03d}.png")
+            f.write(json.dumps({"file_name": f"{i:03d}.png", "text": cap}) + "\n")
+
+    import datasets
+
+    features = datasets.Features({"image": datasets.Image(), "text": datasets.Value("string")})
+    dd = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict({"image": images, "text": captions}, features=features),
+            "validation": datasets.Dataset.from_dict(
+                {"image": images[:6], "text": captions[:6]}, features=features
+            ),
+        }
+    )
+    dd.save_to_disk(str(root / "disk"))
+    return root
+
+
+def base_args(fx: Path, out: Path, **overrides) -> dict:
+    args = {
+        "pretrained_model_name_or_path": str(fx / "pipe"),
+        "train_data_dir": str(fx / "imagefolder"),
+        "resolution": 16,
+        "train_batch_size": 4,
+        "max_train_steps": 3,
+        "output_dir": str(out),
+        "discriminator_config": str(fx / "dcfg.json"),
+        "checkpointing_steps": 2,
+        "validation_steps": 2,
+        "validation_prompts": ["red dress", "blue bag"],
+        "num_validation_images": 2,
+        "validation_fid_num_images": 0,
+        "r1_interval": 2,
+        "report_to": "none",
+        "seed": 0,
+    }
+    args.update(overrides)
+    return args
+
+
+def to_argv(args: dict) -> list[str]:
+    from prodimg.training.gan import args_from_kwargs
+
+    return args_from_kwargs(**args)
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("PRODIMG_METRICS_CACHE", str(tmp_path / "metrics-cache"))
+
+
+# ------------------------------------------------------------------------------------- accelerate launch
+@pytest.fixture(scope="module")
+def single_run(fixtures, tmp_path_factory):
+    out = tmp_path_factory.mktemp("single") / "run"
+    args = base_args(fixtures, out, report_to="tensorboard")
+    cmd = [
+        "accelerate",
+        "launch",
+        "--num_processes",
+        "1",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(SCRIPT),
+        *to_argv(args),
+    ]
+    proc = subprocess.run(
+        cmd, env=subprocess_env(out.parent), capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out, proc
+
+
+def test_accelerate_launch_single_process_gives_loadable_pipeline(single_run):
+    out, _proc = single_run
+    pipe = ProductImagePipeline.from_pretrained(out)
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe("red dress", generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert image.shape == (1, 16, 16, 3) and np.isfinite(image).all()
+    summary = json.loads((out / SUMMARY_FILE).read_text())
+    assert summary["global_step"] == 3 and summary["nonfinite_steps_skipped"] == 0
+    assert [s for s, _ in ckpt.complete_checkpoints(out)] == [2, 3]
+    assert (out / "validation" / "step-0000002.png").is_file() and (out / "samples.png").is_file()
+    assert (out / "discriminator" / "config.json").is_file()
+    # Everything under the output folder is safetensors/JSON/PNG/text: no pickle anywhere.
+    assert not [p for p in out.rglob("*") if p.suffix in {".bin", ".pt", ".pth", ".pkl", ".ckpt"}]
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for events in (out / "logs").rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events.parent), size_guidance={"images": 0})
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"]) | set(acc.Tags()["images"])
+    for tag in [
+        "loss/d_real",
+        "loss/d_fake",
+        "loss/d_match",
+        "loss/g",
+        "r1_penalty",
+        "d_accuracy/real",
+        "d_accuracy/fake",
+        "skipped/nonfinite_total",
+        "images_per_second",
+        "lr/generator",
+        "lr/discriminator",
+        "validation/samples",
+    ]:
+        assert tag in tags, (tag, sorted(tags))
+
+
+def test_model_card_content(single_run, fixtures):
+    from huggingface_hub import ModelCard
+
+    out, _ = single_run
+    card = ModelCard.load(out / "README.md")
+    assert card.data.library_name == "diffusers" and card.data.pipeline_tag == "text-to-image"
+    text = card.text
+    assert str(fixtures / "imagefolder") in text  # data
+    assert "- **examples**: 16" in text and "- **resolution**: 16 px" in text
+    assert "- **steps**: 3" in text and "- **images seen**: 12" in text  # steps
+    assert "EMA weights of step 3" in text
+    assert "## Metrics" in text and "No validation metrics" in text  # FID was off in this run
+    assert "![samples](samples.png)" in text and "`red dress`; `blue bag`" in text  # sample grid
+    assert '"block_out_channels"' in text and '"r1_gamma": 0.05' in text  # configs
+    assert "hub_token" not in text
+
+
+def test_push_to_hub_sends_exactly_the_pipeline_files(single_run, monkeypatch):
+    from huggingface_hub.utils import filter_repo_objects
+
+    from prodimg.training import hub
+
+    out, _ = single_run
+    calls = {}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls["token"] = token
+
+        def create_repo(self, repo_id, **kw):
+            calls["create_repo"] = (repo_id, kw)
+
+        def upload_folder(self, *, repo_id, folder_path, allow_patterns=None, ignore_patterns=None, **kw):
+            root = Path(folder_path)
+            files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+            calls["sent"] = list(
+                filter_repo_objects(files, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns)
+            )
+            calls["repo_id"] = repo_id
+            return "commit"
+
+    monkeypatch.setattr(hub, "HfApi", FakeApi)
+    hub.push_folder_to_hub(out, "me/prodimg-test", token="tok", private=True)
+    assert calls["create_repo"] == (
+        "me/prodimg-test",
+        {"private": True, "exist_ok": True, "repo_type": "model"},
+    )
+    assert calls["token"] == "tok" and calls["repo_id"] == "me/prodimg-test"
+    expected = {
+        "README.md",
+        "samples.png",
+        "model_index.json",
+        "scheduler/scheduler_config.json",
+        "generator/config.json",
+        "generator/diffusion_pytorch_model.safetensors",
+        "text_encoder/config.json",
+        "text_encoder/model.safetensors",
+    }
+    sent = set(calls["sent"])
+    assert expected <= sent
+    assert {p for p in sent if not p.startswith("tokenizer/")} == expected
+    assert all(not p.startswith(("checkpoint-", "logs/", "validation/", "discriminator/")) for p in sent)
+    assert sent == set(hub.files_to_upload(out))
+
+
+def test_accelerate_launch_two_processes_ddp(fixtures, tmp_path):
+    out = tmp_path / "ddp"
+    args = base_args(
+        fixtures,
+        out,
+        train_batch_size=2,
+        gradient_accumulation_steps=2,
+        r1_interval=1,
+        validation_steps=100,
+        checkpointing_steps=100,
+        num_validation_images=1,
+    )
+    cmd = [
+        "accelerate",
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--main_process_port",
+        str(free_port()),
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(SCRIPT),
+        *to_argv(args),
+    ]
+    proc = subprocess.run(
+        cmd, env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads((out / SUMMARY_FILE).read_text())
+    assert summary["num_processes"] == 2 and summary["images_seen"] == 3 * 2 * 2 * 2
+    digests = summary["parameter_digests"]  # G, D and EMA of each rank after training
+    assert len(digests) == 2 and digests[0] == digests[1] and summary["replicas_identical"]
+    final = out / "checkpoint-3"
+    assert ckpt.checkpoint_problem(final) is None
+    assert (final / "rng_state_rank0.json").is_file() and (final / "rng_state_rank1.json").is_file()
+    ProductImagePipeline.from_pretrained(out)
+
+
+# ------------------------------------------------------------------------------------- resume
+def test_resume_is_bitwise_identical(fixtures, tmp_path):
+    """4 steps straight vs 2 steps + resume + 2 steps: identical G, D, EMA and optimizer states (bitwise:
+    the CPU kernels are deterministic, the data order and every random draw are restored)."""
+    straight = tmp_path / "straight"
+    args = base_args(
+        fixtures, straight, max_train_steps=4, checkpointing_steps=2, validation_steps=100, cond_drop_prob=0.3
+    )
+    train_product_gan(**args)
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(straight / "checkpoint-2", resumed / "checkpoint-2")
+    train_product_gan(**{**args, "output_dir": str(resumed), "resume_from_checkpoint": "latest"})
+    a, b = straight / "checkpoint-4", resumed / "checkpoint-4"
+    files = sorted(p.relative_to(a) for p in a.rglob("*.safetensors"))
+    assert {str(f) for f in files} >= {
+        "generator/model.safetensors",
+        "discriminator/model.safetensors",
+        "ema.safetensors",
+        "optimizer_g.safetensors",
+        "optimizer_d.safetensors",
+    }
+    for f in files:
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+    # and the steps in between really changed the weights
+    assert (straight / "checkpoint-2" / "generator" / "model.safetensors").read_bytes() != (
+        a / "generator" / "model.safetensors"
+    ).read_bytes()
+
+
+def test_sigkill_during_checkpoint_write_keeps_previous_checkpoint(fixtures, tmp_path, caplog):
+    out = tmp_path / "killed"
+    args = base_args(
+        fixtures,
+        out,
+        max_train_steps=6,
+        checkpointing_steps=2,
+        checkpoints_total_limit=1,
+        validation_steps=100,
+    )
+    env = subprocess_env(tmp_path)
+    env[ckpt.SLEEP_ENV] = "4:120"  # sleep inside the write of checkpoint-4, after its weights are written
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), *to_argv(args)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    partial = out / ".checkpoint-4.incomplete"
+    deadline = time.time() + 120
+    try:
+        while not (partial / "trainer.json").exists():
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            assert time.time() < deadline, "checkpoint-4 was never started"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stderr.close()
+    # With --checkpoints_total_limit 1 exactly one loadable checkpoint exists at any moment.
+    assert [s for s, _ in ckpt.complete_checkpoints(out)] == [2]
+    assert not (out / "checkpoint-4").exists() and partial.is_dir()
+    caplog.set_level("INFO")
+    assert ckpt.resolve_resume_checkpoint("latest", out) == out / "checkpoint-2"
+    summary = train_product_gan(**{**args, "max_train_steps": 4, "resume_from_checkpoint": "latest"})
+    assert f"Resuming from checkpoint {out / 'checkpoint-2'}" in caplog.text
+    assert summary["global_step"] == 4
+    assert [s for s, _ in ckpt.complete_checkpoints(out)] == [4] and not partial.exists()
+
+
+def test_resume_latest_skips_incomplete_and_explicit_missing_path_is_an_error(fixtures, tmp_path, caplog):
+    out = tmp_path / "run"
+    (out / "checkpoint-9").mkdir(parents=True)  # no marker: an interrupted write
+    caplog.set_level("INFO")
+    assert ckpt.resolve_resume_checkpoint("latest", out) is None
+    assert "Skipping incomplete checkpoint" in caplog.text and "starting a new training run" in caplog.text
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ckpt.resolve_resume_checkpoint(str(tmp_path / "nope"), out)
+    with pytest.raises(ckpt.IncompleteCheckpointError, match="checkpoint_complete.json"):
+        ckpt.resolve_resume_checkpoint("checkpoint-9", out)
+    code = main(to_argv(base_args(fixtures, out, resume_from_checkpoint=str(tmp_path / "nope"))))
+    assert code == 2 and not (out / "checkpoint-2").exists()
+
+
+def test_checkpoint_with_truncated_file_is_incomplete(tmp_path):
+    class Acc:
+        is_main_process, process_index, num_processes = True, 0, 1
+
+        def wait_for_everyone(self):
+            pass
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    for step in (1, 2, 3):
+        ckpt.save_checkpoint(
+            Acc(), tmp_path, step, {"m": model}, {"opt": opt}, lambda: {"x": torch.ones(2)}, total_limit=2
+        )
+    assert [s for s, _ in ckpt.complete_checkpoints(tmp_path)] == [2, 3]
+    f = tmp_path / "checkpoint-3" / "m" / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:-3])
+    assert "has" in ckpt.checkpoint_problem(tmp_path / "checkpoint-3")
+    assert ckpt.resolve_resume_checkpoint("latest", tmp_path) == tmp_path / "checkpoint-2"
+    model2, opt2 = torch.nn.Linear(3, 2), None
+    opt2 = torch.optim.AdamW(model2.parameters())
+    rng, _ = ckpt.load_checkpoint(tmp_path / "checkpoint-2", {"m": model2}, {"opt": opt2})
+    assert torch.equal(model2.weight, model.weight) and torch.equal(rng["x"], torch.ones(2))
+    assert opt2.state_dict()["state"][0]["exp_avg"].equal(opt.state_dict()["state"][0]["exp_avg"])
+
+
+# ------------------------------------------------------------------------------------- numerics
+def test_forced_nonfinite_step_is_skipped_and_counted(fixtures, tmp_path, monkeypatch):
+    """Also: a fresh generator from --generator_config on a text-encoder folder, and the --push_to_hub path."""
+    from prodimg.training import hub
+
+    sent = {}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, **kw):
+            sent["repo"] = repo_id
+
+        def upload_folder(self, *, folder_path, allow_patterns, **kw):
+            sent["files"] = hub.files_to_upload(folder_path, allow_patterns)
+
+    monkeypatch.setattr(hub, "HfApi", FakeApi)
+    monkeypatch.setenv("PRODIMG_TEST_FORCE_NONFINITE", "2")
+    out = tmp_path / "nan"
+    summary = train_product_gan(
+        **base_args(
+            fixtures,
+            out,
+            pretrained_model_name_or_path=str(fixtures / "text_encoder_only"),
+            generator_config=str(fixtures / "gcfg.json"),
+            validation_steps=100,
+            push_to_hub=True,
+            hub_model_id="me/tiny",
+        )
+    )
+    assert summary["nonfinite_steps_skipped"] == 1 and summary["global_step"] == 3
+    assert sent["repo"] == "me/tiny" and "generator/diffusion_pytorch_model.safetensors" in sent["files"]
+    # the skipped step left the discriminator untouched: its optimizer stepped twice in three steps
+    state = load_state_files(out / "checkpoint-3", "optimizer_d")
+    assert int(state["state"][0]["step"]) == 2
+    pipe = ProductImagePipeline.from_pretrained(out)
+    assert list(pipe.generator.config.block_out_channels) == [8, 16]
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_mixed_precision_runs(fixtures, tmp_path, precision):
+    """fp16: autocast + loss scaling (overflow skips are calibration, not divergence); bf16: autocast only."""
+    out = tmp_path / precision
+    summary = train_product_gan(
+        **base_args(
+            fixtures,
+            out,
+            mixed_precision=precision,
+            max_train_steps=2,
+            r1_interval=1,
+            validation_steps=100,
+            checkpointing_steps=100,
+            validation_prompts=["red dress"],
+            num_validation_images=1,
+        )
+    )
+    assert summary["global_step"] == 2 and summary["nonfinite_steps_skipped"] == 0
+    state = load_state_files(out / "checkpoint-2", "precision")
+    assert state["mode"] == precision
+    assert (state["scaler"] is not None) == (precision == "fp16")
+    if precision == "fp16":
+        assert state["scaler"]["scale"] <= 65536.0
+    pipe = ProductImagePipeline.from_pretrained(out)
+    assert all(torch.isfinite(p).all() for p in pipe.generator.parameters())
+
+
+def test_repeated_nonfinite_steps_stop_the_run_cleanly(fixtures, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PRODIMG_TEST_FORCE_NONFINITE", "3-")
+    out = tmp_path / "diverged"
+    argv = to_argv(
+        base_args(
+            fixtures,
+            out,
+            max_train_steps=10,
+            checkpointing_steps=2,
+            validation_steps=100,
+            max_nonfinite_steps=2,
+        )
+    )
+    assert main(argv) == 3
+    err = capsys.readouterr().err
+    assert "2 consecutive steps had a non-finite loss or gradient" in err
+    assert f"the last good checkpoint is {out / 'checkpoint-2'}" in err
+    assert [s for s, _ in ckpt.complete_checkpoints(out)] == [2]
+    assert not (out / "model_index.json").exists()
+    with pytest.raises(NonFiniteTrainingError):
+        train_product_gan(
+            **base_args(
+                fixtures, tmp_path / "again", max_train_steps=10, validation_steps=100, max_nonfinite_steps=2
+            )
+        )
+
+
+# ------------------------------------------------------------------------------------- bad arguments
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"resolution": 24}, "--resolution must be a power of two"),
+        ({"train_batch_size": 0}, "--train_batch_size must be > 0"),
+        ({"diffaugment": "color,blur"}, "unknown DiffAugment policy"),
+        ({"early_stopping_patience": 2}, "needs the validation FID"),
+    ],
+)
+def test_bad_arguments_stop_before_training(fixtures, tmp_path, override, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_args(to_argv(base_args(fixtures, tmp_path / "out", **override)))
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"caption_column": "description"}, "column 'description' not found in the dataset"),
+        ({"image_column": "picture"}, "column 'picture' not found in the dataset"),
+        ({"resolution": 32}, "--resolution 32 differs from the pipeline generator's sample_size 16"),
+    ],
+)
+def test_bad_dataset_or_model_stops_before_training(fixtures, tmp_path, override, message, capsys):
+    out = tmp_path / "out"
+    assert main(to_argv(base_args(fixtures, out, **override))) == 2
+    assert message in capsys.readouterr().err
+    assert not list(out.glob("checkpoint-*")) and not (out / "model_index.json").exists()
+
+
+# ------------------------------------------------------------------------------------- validation
+def test_early_stopping_keeps_the_best_generator(fixtures, tmp_path, monkeypatch):
+    """FID itself is replaced by a scripted sequence (the real one needs Inception: see the slow test)."""
+    from prodimg.training import gan, validation
+
+    scores = iter([5.0, 3.0, 4.0, 4.5, 1.0])
+    monkeypatch.setattr(gan, "fid_unavailable_reason", lambda: None)
+    monkeypatch.setattr(validation.FIDEvaluator, "__call__", lambda self, pipe, g=1.0: next(scores))
+    out = tmp_path / "early"
+    summary = train_product_gan(
+        **base_args(
+            fixtures,
+            out,
+            pretrained_model_name_or_path=str(fixtures / "pipe"),
+            dataset_name=str(fixtures / "disk"),
+            train_data_dir=None,
+            max_train_steps=10,
+            validation_steps=1,
+            checkpointing_steps=100,
+            validation_fid_num_images=4,
+            early_stopping_patience=2,
+            num_validation_images=1,
+        )
+    )
+    assert summary["global_step"] == 4 and summary["stop_reason"].startswith("early stopping")
+    assert summary["best_fid"] == 3.0 and summary["best_fid_step"] == 2
+    assert [h[1] for h in summary["fid_history"]] == [5.0, 3.0, 4.0, 4.5]
+    best = json.loads((out / "best_ema_generator" / "best.json").read_text())
+    assert best == {"step": 2, "fid": 3.0}
+    from safetensors.torch import load_file
+
+    saved = load_file(str(out / "generator" / "diffusion_pytorch_model.safetensors"))
+    kept = load_file(str(out / "best_ema_generator" / "diffusion_pytorch_model.safetensors"))
+    assert all(torch.equal(saved[k], kept[k]) for k in kept)
+    assert "validation FID (best, step 2, 4 images) | 3" in (out / "README.md").read_text()
+    assert ckpt.checkpoint_problem(out / "checkpoint-4") is None
+
+
+@pytest.mark.slow
+def test_validation_fid_with_inception(fixtures, tmp_path):
+    summary = train_product_gan(
+        **base_args(
+            fixtures,
+            tmp_path / "fid",
+            dataset_name=str(fixtures / "disk"),
+            train_data_dir=None,
+            max_train_steps=2,
+            validation_steps=2,
+            validation_fid_num_images=6,
+        )
+    )
+    assert summary["best_fid"] is not None and summary["best_fid"] > 0
+
+
+# ------------------------------------------------------------------------------------- pieces
+def test_state_round_trip_without_pickle(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), betas=(0.5, 0.9))
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    state = {
+        "opt": opt.state_dict(),
+        "t": (1, 2.5, None),
+        "nan": float("nan"),
+        "np": np.arange(3, dtype=np.uint32),
+    }
+    save_state_files(tmp_path, "s", state)
+    back = load_state_files(tmp_path, "s")
+    assert back["t"] == (1, 2.5, None) and np.isnan(back["nan"]) and back["np"].dtype == np.uint32
+    assert back["opt"]["param_groups"][0]["betas"] == (0.5, 0.9)
+    assert torch.equal(back["opt"]["state"][0]["exp_avg_sq"], opt.state_dict()["state"][0]["exp_avg_sq"])
+    skeleton, tensors = flatten_state({"a": torch.ones(1)})
+    assert unflatten_state(skeleton, tensors)["a"].equal(torch.ones(1))
+    with pytest.raises(TypeError, match="without pickle"):
+        flatten_state({"f": lambda x: x})
+
+
+def test_diffaugment_is_identical_for_both_images_of_a_pair():
+    x = torch.rand(6, 3, 16, 16) * 2 - 1
+    a, b = diff_augment([x, x.clone()], generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a, b) and not torch.equal(a, x)
+    y = torch.rand(6, 3, 16, 16) * 2 - 1
+    a1, _ = diff_augment([x, y], generator=torch.Generator().manual_seed(1))
+    a2, _ = diff_augment([x, x], generator=torch.Generator().manual_seed(1))
+    # the colour shift uses per-image statistics, but the geometry (translation, cutout) is shared
+    _, b1 = diff_augment([x, y], policy=("translation", "cutout"), generator=torch.Generator().manual_seed(2))
+    _, b2 = diff_augment([y, y], policy=("translation", "cutout"), generator=torch.Generator().manual_seed(2))
+    assert torch.equal(b1, b2) and torch.equal(a1, a2)
+
+
+def test_mismatched_captions_never_pair_identical_texts():
+    texts = ["red dress", "red dress", "blue bag", "green shirt"]
+    dropped = torch.tensor([False, False, False, True])
+    for seed in range(5):
+        index, valid = mismatched_captions(texts, dropped, torch.Generator().manual_seed(seed))
+        for i, j in enumerate(index.tolist()):
+            assert i != j
+            if valid[i]:
+                assert texts[i] != texts[j] and not dropped[i] and not dropped[j]
+
+
+def test_batch_sampler_is_sharded_and_resumable():
+    s0 = ResumableBatchSampler(20, 3, num_replicas=2, rank=0, seed=1)
+    s1 = ResumableBatchSampler(20, 3, num_replicas=2, rank=1, seed=1)
+    b0, b1 = list(s0), list(s1)
+    assert len(b0) == len(b1) == 3
+    assert not set(functools.reduce(operator.iadd, b0, [])) & set(functools.reduce(operator.iadd, b1, []))
+    s0.set_position(0, 2)
+    assert list(s0) == b0[2:]
+    s0.set_position(1, 0)
+    assert list(s0) != b0
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        ResumableBatchSampler(5, 3, num_replicas=2)
+
+
+def test_parser_uses_diffusers_flag_names():
+    flags = {opt for a in build_parser()._actions for opt in a.option_strings}
+    for name in [
+        "--pretrained_model_name_or_path",
+        "--dataset_name",
+        "--dataset_config_name",
+        "--train_data_dir",
+        "--image_column",
+        "--caption_column",
+        "--resolution",
+        "--train_batch_size",
+        "--max_train_steps",
+        "--checkpointing_steps",
+        "--checkpoints_total_limit",
+        "--resume_from_checkpoint",
+        "--mixed_precision",
+        "--gradient_accumulation_steps",
+        "--output_dir",
+        "--push_to_hub",
+        "--hub_model_id",
+        "--seed",
+        "--learning_rate",
+        "--report_to",
+        "--validation_steps",
+        "--validation_prompts",
+        "--generator_config",
+        "--r1_gamma",
+        "--r1_interval",
+        "--cond_drop_prob",
+        "--max_nonfinite_steps",
+        "--early_stopping_patience",
+    ]:
+        assert name in flags, name
+    assert "accelerate launch train_scripts/train_product_gan.py" in SCRIPT.read_text()
+    assert GANTrainer.__doc__
