@@ -16,6 +16,7 @@ SUBCOMMAND_MODULES = [
     "prodimg.commands.build_dataset",
     "prodimg.commands.serve",
     "prodimg.commands.keys",
+    "prodimg.commands.export",
 ]
 
 
