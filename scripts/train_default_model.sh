@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Retrain the shipped default pipeline (pipelines/prodimg-fashion-32) from scratch:
+#   fashion catalog dataset -> domain CLIP (train_scripts/train_clip.py)
+#   -> denoising GAN (train_scripts/train_product_gan.py) -> pipelines/prodimg-fashion-32 (fp16)
+#
+#   bash scripts/train_default_model.sh                 # CPU, hours
+#   CLIP_STEPS=2500 CLIP_BATCH=512 GAN_SECONDS=1800 BATCH=256 WORKERS=8 bash scripts/train_default_model.sh   # one GPU
+#
+# Every stage is resumable: rerunning continues from the newest complete checkpoint. GAN_SECONDS
+# bounds the GAN's wall-clock time: the run is stopped at the deadline and the EMA generator of the
+# last complete checkpoint is saved as the pipeline. Configs: configs/default-32-{generator,discriminator}.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RUN=${RUN:-runs/default-32}
+DATA=${DATA:-data/fashion-catalog-32}
+SEED=${SEED:-0}
+CLIP_STEPS=${CLIP_STEPS:-200}
+CLIP_BATCH=${CLIP_BATCH:-128}
+GAN_STEPS=${GAN_STEPS:-1000000}
+GAN_SECONDS=${GAN_SECONDS:-10800}
+BATCH=${BATCH:-32}
+LR=${LR:-2e-4}
+WORKERS=${WORKERS:-0}
+PRECISION=${PRECISION:-bf16}
+CKPT_STEPS=${CKPT_STEPS:-500}
+FID_IMAGES=${FID_IMAGES:-0}
+SHIP=${SHIP:-pipelines/prodimg-fashion-32}
+PORT=${PORT:-29517}
+LAUNCH="accelerate launch --num_processes 1 --num_machines 1 --mixed_precision $PRECISION --dynamo_backend no --main_process_port $PORT"
+
+# 1. Data
+if [ ! -f "$DATA/dataset_dict.json" ]; then
+  python -m prodimg.cli build-dataset fashion-catalog --out "$DATA" --resolution 32 --seed "$SEED" --num_workers "${DATA_WORKERS:-1}" \
+    ${FMNIST_DIR:+--source_dir "$FMNIST_DIR"}
+fi
+
+# 2. Domain CLIP (text 4 x 256, ViT patch 4 at 32 px 4 x 256, projection 256: train_clip.py's defaults)
+$LAUNCH train_scripts/train_clip.py \
+  --dataset_name "$DATA" --resolution 32 --seed "$SEED" \
+  --train_batch_size "$CLIP_BATCH" --max_train_steps "$CLIP_STEPS" --learning_rate 5e-4 --lr_warmup_steps 50 \
+  --dataloader_num_workers "$WORKERS" --checkpointing_steps 100 --checkpoints_total_limit 2 \
+  --validation_steps 1000 --resume_from_checkpoint latest --report_to none --output_dir "$RUN/clip"
+
+# 3. Denoising GAN on the frozen text encoder, stopped at the deadline
+gan() {
+  $LAUNCH train_scripts/train_product_gan.py \
+    --pretrained_model_name_or_path "$RUN/clip" --dataset_name "$DATA" --resolution 32 --seed "$SEED" \
+    --generator_config configs/default-32-generator.json --discriminator_config configs/default-32-discriminator.json \
+    --train_batch_size "$BATCH" --learning_rate "$LR" --mixed_precision "$PRECISION" \
+    --dataloader_num_workers "$WORKERS" --checkpointing_steps "$CKPT_STEPS" --checkpoints_total_limit 2 \
+    --validation_steps "$CKPT_STEPS" --validation_fid_num_images "$FID_IMAGES" \
+    --embedding_cache_dir "$RUN/embedding-cache" --report_to tensorboard \
+    --resume_from_checkpoint latest --output_dir "$RUN/gan" "$@"
+}
+set +e
+timeout --signal=TERM --kill-after=60 "$GAN_SECONDS" bash -c "$(declare -f gan); LAUNCH='$LAUNCH'; RUN='$RUN'; DATA='$DATA'; SEED='$SEED'; BATCH='$BATCH'; LR='$LR'; PRECISION='$PRECISION'; WORKERS='$WORKERS'; CKPT_STEPS='$CKPT_STEPS'; FID_IMAGES='$FID_IMAGES'; gan --max_train_steps $GAN_STEPS"
+rc=$?
+set -e
+if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+  # Deadline: finish from the newest complete checkpoint (training stops at once, the EMA pipeline is saved).
+  last=$(ls -d "$RUN"/gan/checkpoint-* 2>/dev/null | sed 's/.*checkpoint-//' | sort -n | tail -1)
+  [ -n "$last" ] || { echo "no complete checkpoint before the deadline" >&2; exit 1; }
+  gan --max_train_steps "$last"
+elif [ "$rc" != 0 ]; then
+  exit "$rc"
+fi
+
+# 4. Ship: fp16 weights in save_pretrained layout
+python - "$RUN/gan" "$SHIP" <<'PY'
+import sys, torch
+from prodimg import ProductImagePipeline
+from prodimg.utils import atomic_directory
+src, dst = sys.argv[1], sys.argv[2]
+pipe = ProductImagePipeline.from_pretrained(src, dtype=torch.float16)
+with atomic_directory(dst, overwrite=True) as tmp:
+    pipe.save_pretrained(tmp)
+print("saved", dst)
+PY
