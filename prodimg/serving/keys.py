@@ -83,7 +83,7 @@ def _read_entries(path: Path) -> list[dict]:
 
 
 def _write_entries(path: Path, entries: list[dict]) -> None:
-    atomic_write_text(path, json.dumps({"version": FILE_VERSION, "keys": entries}, indent=2) + "\n")
+    atomic_write_text(path, json.dumps({"version": FILE_VERSION, "keys": entries}, indent=2) + "\n", mode=0o600)
 
 
 @contextlib.contextmanager
