@@ -13,10 +13,11 @@ import sys
 
 SUBCOMMAND_MODULES = [
     "prodimg.commands.generate",
-    "prodimg.commands.build_dataset",
     "prodimg.commands.serve",
     "prodimg.commands.keys",
+    "prodimg.commands.build_dataset",
     "prodimg.commands.export",
+    "prodimg.commands.eval",
 ]
 
 

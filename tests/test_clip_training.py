@@ -1,0 +1,167 @@
+"""train_scripts/train_clip.py and prodimg.clip_training with a tiny CLIP on CPU (offline).
+
+One run goes through ``accelerate launch`` (a subprocess); the resume test calls the trainer in-process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from prodimg.clip_training import main as clip_main
+from prodimg.clip_training import retrieval_accuracy
+from prodimg.testing import TINY_TEXT_DIM, tiny_generator
+from prodimg.training.checkpointing import checkpoint_problem
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_eval import make_labeled_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "train_scripts" / "train_clip.py"
+
+
+def tiny_args(data: Path, out: Path, steps: int = 3, **extra) -> list[str]:
+    args = {
+        "dataset_name": data, "resolution": 16, "patch_size": 4, "text_hidden_size": TINY_TEXT_DIM,
+        "text_num_hidden_layers": 1, "text_num_attention_heads": 2, "vision_hidden_size": TINY_TEXT_DIM,
+        "vision_num_hidden_layers": 1, "vision_num_attention_heads": 2, "projection_dim": TINY_TEXT_DIM,
+        "train_batch_size": 4, "max_train_steps": steps, "checkpointing_steps": 2, "validation_steps": 2,
+        "logging_steps": 1, "retrieval_batch_size": 5, "lr_warmup_steps": 0, "learning_rate": 1e-3,
+        "report_to": "none", "output_dir": out, **extra,
+    }
+    return [x for k, v in args.items() for x in (f"--{k}", str(v))]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_labeled_dataset(tmp_path_factory.mktemp("clipdata") / "data", {"train": 16, "validation": 10})
+
+
+@pytest.fixture(scope="module")
+def launched_run(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("clip") / "run"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1",
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               HF_DATASETS_CACHE=str(out.parent / "hf-datasets"))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+           str(SCRIPT), *tiny_args(data, out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out, proc.stderr
+
+
+def test_launch_writes_text_encoder_tokenizer_clip_and_card(launched_run):
+    out, log = launched_run
+    for sub, files in {"text_encoder": ["config.json", "model.safetensors"], "tokenizer": ["tokenizer_config.json"],
+                       "clip": ["config.json", "model.safetensors", "preprocessor_config.json"]}.items():
+        for f in files:
+            assert (out / sub / f).is_file(), f"{sub}/{f}"
+    assert not list(out.rglob("*.bin")) and not list(out.rglob("*.pt"))
+    config = json.loads((out / "text_encoder" / "config.json").read_text())
+    assert config["architectures"] == ["CLIPTextModelWithProjection"]
+    assert config["max_position_embeddings"] == 77 and config["projection_dim"] == TINY_TEXT_DIM
+    retrieval = json.loads((out / "retrieval.json").read_text())
+    for key in ("t2i_top1", "t2i_top5", "i2t_top1", "i2t_top5", "t2i_top1_labels"):
+        assert 0.0 <= retrieval[key] <= 1.0
+    assert retrieval["num_pairs"] == 10 and retrieval["group_size"] == 5 and retrieval["step"] == 3
+    assert "validation retrieval" in log and "text->image top-1" in log
+    card = (out / "README.md").read_text()
+    assert "text -> image" in card and "image -> text" in card and "library_name: transformers" in card
+    assert checkpoint_problem(out / "checkpoint-2") is None and checkpoint_problem(out / "checkpoint-3") is None
+
+
+def test_text_encoder_drives_the_pipeline_and_the_gan_loader(launched_run):
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+    from prodimg import ProductImagePipeline
+    from prodimg.evaluation.clip import load_clip_judge
+    from prodimg.schedulers import DDGANScheduler
+    from prodimg.training.gan import load_text_encoder
+
+    out, _ = launched_run
+    # What train_product_gan.py does with --pretrained_model_name_or_path OUTPUT_DIR.
+    tokenizer, text_encoder = load_text_encoder(str(out))
+    assert isinstance(text_encoder, CLIPTextModelWithProjection)
+    assert isinstance(tokenizer, CLIPTokenizer) and len(tokenizer) == 49408
+    pipe = ProductImagePipeline(tokenizer=tokenizer, text_encoder=text_encoder, generator=tiny_generator(sample_size=16),
+                                scheduler=DDGANScheduler(num_train_timesteps=4))
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(["red striped dress", "blue bag"], generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert images.shape == (2, 16, 16, 3) and np.isfinite(images).all()
+    # The saved text tower is the CLIP's text tower: same projected embeddings.
+    judge = load_clip_judge(str(out))
+    assert judge.source.endswith("clip") and judge.image_size == 16
+    ids = tokenizer(["red striped dress"], padding="max_length", max_length=77, return_tensors="pt")
+    with torch.no_grad():
+        a = text_encoder(**ids).text_embeds
+        b = judge.model.get_text_features(**ids).pooler_output
+    torch.testing.assert_close(a, b)
+    # The judge scores images through the metrics registry.
+    from prodimg.metrics import EvalContext, get_metric
+
+    ctx = EvalContext(generated_images=(images * 255).astype(np.uint8), prompts=["red striped dress", "blue bag"],
+                      clip_model=judge.model, clip_tokenizer=judge.tokenizer)
+    score = get_metric("clip_score", image_mean=judge.image_mean, image_std=judge.image_std).compute(ctx)
+    assert 0.0 <= score["clip_score"] <= 100.0
+
+
+def test_resume_matches_an_uninterrupted_run(data, tmp_path, monkeypatch):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-datasets"))
+    assert clip_main(tiny_args(data, tmp_path / "straight", steps=4, validation_steps=10)) == 0
+    # An interrupted run: only its step-2 checkpoint survives; resuming must reach the same weights.
+    shutil.copytree(tmp_path / "straight" / "checkpoint-2", tmp_path / "resumed" / "checkpoint-2")
+    assert clip_main(tiny_args(data, tmp_path / "resumed", steps=4, validation_steps=10,
+                               resume_from_checkpoint="latest")) == 0
+    a = load_file(tmp_path / "straight" / "clip" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "clip" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+    summary = json.loads((tmp_path / "resumed" / "training_summary.json").read_text())
+    assert summary["global_step"] == 4 and summary["images_seen"] == 16
+
+
+def test_bad_arguments_exit_2(data, tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:
+        clip_main(tiny_args(data, tmp_path / "x", patch_size=5))
+    assert err.value.code == 2
+    assert "not a multiple of --patch_size" in capsys.readouterr().err
+    assert clip_main(tiny_args(data, tmp_path / "y", caption_column="caption")) == 2
+    assert "column 'caption' not found" in capsys.readouterr().err
+
+
+def test_retrieval_accuracy():
+    rng = np.random.default_rng(0)
+    emb = torch.tensor(rng.normal(size=(20, 8)), dtype=torch.float32)
+    perfect = retrieval_accuracy(emb, emb.clone(), group_size=8)
+    assert perfect["t2i_top1"] == perfect["i2t_top1"] == perfect["t2i_top5"] == 1.0
+    assert perfect["num_pairs"] == 16  # groups of 8, 8 and 4: the last is too small for top-5
+    # Shuffled texts: top-1 near chance; labels make equal-label items count as hits.
+    shuffled = retrieval_accuracy(emb, emb[torch.randperm(20, generator=torch.Generator().manual_seed(0))], 8)
+    assert shuffled["t2i_top1"] < 0.5
+    labels = np.zeros((20, 3), np.int64)
+    assert retrieval_accuracy(emb, -emb, 8, labels)["t2i_top1_labels"] == 1.0
+    # Groups smaller than 5 are dropped (top-5 would be trivial).
+    assert retrieval_accuracy(torch.cat([emb, emb[:1]]), torch.cat([emb, emb[:1]]), 8)["num_pairs"] == 21
+    with pytest.raises(ValueError, match="at least 5"):
+        retrieval_accuracy(emb[:3], emb[:3], 8)

@@ -1,0 +1,193 @@
+"""``prodimg eval`` and prodimg.evaluation, end to end on a tiny pipeline and a tiny dataset (CPU, offline).
+
+Inception is replaced by a small deterministic feature extractor (``EvalContext`` accepts any
+``feature_extractor``); the real network is exercised by the slow test at the end.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from prodimg.data import BASIC_COLORS, CATEGORY_NAMES, COLOR_NAMES, PATTERN_NAMES
+from prodimg.evaluation.evaluate import ALL_METRICS, generate_for_captions, resolve_clip_model, run_eval
+from prodimg.testing import TINY_TEXT_DIM, make_tiny_pipeline
+
+
+# ---------------------------------------------------------------------------------------- shared fixtures
+def make_labeled_dataset(path: Path, splits: dict[str, int], size: int = 16, seed: int = 0) -> Path:
+    """A ``save_to_disk`` DatasetDict like the fashion catalog: a coloured block on white, captions
+    from the labels, ``category``/``color``/``pattern`` ClassLabels with the catalog's names."""
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+    from datasets import Image as ImageFeature
+
+    rng = np.random.default_rng(seed)
+    features = Features({"image": ImageFeature(), "text": Value("string"), "category": ClassLabel(names=CATEGORY_NAMES),
+                         "color": ClassLabel(names=COLOR_NAMES), "pattern": ClassLabel(names=PATTERN_NAMES)})
+    out = {}
+    for split, n in splits.items():
+        rows = {k: [] for k in features}
+        for _ in range(n):
+            cat, col, pat = (int(rng.integers(len(v))) for v in (CATEGORY_NAMES, COLOR_NAMES, PATTERN_NAMES))
+            img = np.full((size, size, 3), 255, np.uint8)
+            h = 3 + cat % 5
+            img[size // 2 - h : size // 2 + h, 3 : size - 3] = BASIC_COLORS[COLOR_NAMES[col]]
+            if pat:
+                img[size // 2 - h : size // 2 + h : 2 + pat, 3 : size - 3] //= 2
+            rows["image"].append(Image.fromarray(img))
+            rows["text"].append(f"{COLOR_NAMES[col]} {PATTERN_NAMES[pat]} {CATEGORY_NAMES[cat]}")
+            rows["category"].append(cat)
+            rows["color"].append(col)
+            rows["pattern"].append(pat)
+        out[split] = Dataset.from_dict(rows, features=features)
+    DatasetDict(out).save_to_disk(str(path))
+    return path
+
+
+def tiny_clip(seed: int = 0, image_size: int = 16):
+    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
+
+    torch.manual_seed(seed)
+    text = CLIPTextConfig(hidden_size=TINY_TEXT_DIM, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
+                          max_position_embeddings=77, projection_dim=TINY_TEXT_DIM, bos_token_id=49406,
+                          eos_token_id=49407, pad_token_id=49407)
+    vision = CLIPVisionConfig(hidden_size=TINY_TEXT_DIM, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
+                              image_size=image_size, patch_size=4, projection_dim=TINY_TEXT_DIM)
+    return CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(),
+                                projection_dim=TINY_TEXT_DIM)).eval()
+
+
+class TinyFeatures:
+    """Deterministic 12-d features (channel means and a 2x2 grey thumbnail) instead of Inception."""
+
+    def __init__(self, *args, **kwargs):
+        self.calls = 0
+
+    def __call__(self, images: np.ndarray, progress: bool = False) -> np.ndarray:
+        self.calls += 1
+        x = images.astype(np.float32) / 255.0
+        n, h, w, _ = x.shape
+        grey = x.mean(-1).reshape(n, 2, h // 2, 2, w // 2).mean((2, 4)).reshape(n, 4)
+        return np.concatenate([x.mean((1, 2)), x.std((1, 2)), grey, x.min((1, 2))[:, :2]], axis=1)
+
+
+@pytest.fixture(scope="module")
+def eval_fixtures(tmp_path_factory):
+    from prodimg.evaluation.clip import save_clip_judge
+    from prodimg.text import load_clip_tokenizer
+
+    root = tmp_path_factory.mktemp("eval")
+    make_labeled_dataset(root / "data", {"test": 10, "test_unseen_pairs": 6})
+    pipe = make_tiny_pipeline(sample_size=16)
+    pipe.save_pretrained(root / "pipe")
+    save_clip_judge(root / "pipe" / "clip", tiny_clip(), load_clip_tokenizer(), [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
+    pipe.save_pretrained(root / "pipe_no_clip")
+    return root
+
+
+@pytest.fixture
+def fake_inception(monkeypatch, tmp_path):
+    from prodimg.metrics import inception
+    from prodimg.training import validation
+
+    monkeypatch.setattr(inception, "InceptionFeatureExtractor", TinyFeatures)
+    monkeypatch.setattr(validation, "fid_unavailable_reason", lambda: None)
+    monkeypatch.setenv("PRODIMG_METRICS_CACHE", str(tmp_path / "metrics-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return tmp_path / "metrics-cache"
+
+
+# ---------------------------------------------------------------------------------------- tests
+def test_eval_command_end_to_end(eval_fixtures, fake_inception, tmp_path, capsys):
+    from prodimg.cli import main
+
+    out = tmp_path / "report"
+    argv = ["eval", "--pipeline", str(eval_fixtures / "pipe"), "--dataset", str(eval_fixtures / "data"),
+            "--split", "test,test_unseen_pairs", "--num_images", "8", "--batch_size", "3", "--output_dir", str(out),
+            "--seed", "1"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "generating [test]: 8/8 images" in printed and "sampling speed" in printed
+    report = json.loads((out / "report.json").read_text())
+    m = report["metrics"]
+    for split, n in (("test", 8), ("test_unseen_pairs", 6)):
+        assert report["splits"][split] == n
+        for key in ("fid", "kid", "kid_std", "precision", "recall", "clip_score", "color_accuracy",
+                    "category_accuracy"):
+            assert f"{key}/{split}" in m, key
+    for key in ("clip_score", "color_accuracy", "category_accuracy"):
+        assert key in m  # over both splits
+    assert all(isinstance(v, float) and np.isfinite(v) for v in m.values())
+    assert 0 <= m["color_accuracy"] <= 1 and m["fid/test"] >= 0
+    assert report["sampling"]["images_per_second"] > 0 and report["sampling"]["batch_size"] == 3
+    assert report["sampling"]["num_inference_steps"] == 4
+    assert report["clip_model"].endswith("clip")  # the pipeline's own clip/ was found
+    cls = report["classifier"]
+    assert set(cls["test"]) == {"test", "test_unseen_pairs"} and isinstance(cls["reliable_heads"], list)
+    if "pattern" in cls["reliable_heads"]:
+        assert "pattern_accuracy/test" in m
+    else:
+        assert "pattern_accuracy" in report["skipped"]
+    grid = Image.open(out / "grid.png")
+    assert grid.size == (8 * 32, 2 * 1 * 32)  # 8 of 8 test images: one real row + one generated row, 2x upscaled
+    assert len(report["grid"]["prompts"]) == 8
+    # Real features were cached per dataset/split/resolution/count; a second run reads them.
+    assert len(list(fake_inception.glob("*test__res16__n8*.npz"))) == 1
+    assert len(list(fake_inception.glob("*test_unseen_pairs__res16__n6*.npz"))) == 1
+    assert main(argv) == 0
+    assert "real (cached" in capsys.readouterr().out
+    again = json.loads((out / "report.json").read_text())["metrics"]
+    assert again == pytest.approx(m)  # deterministic seeds
+
+
+def test_eval_skips_what_does_not_apply(eval_fixtures, fake_inception, tmp_path):
+    report = run_eval(str(eval_fixtures / "pipe_no_clip"), str(eval_fixtures / "data"), "test_unseen_pairs",
+                      num_images=5, batch_size=5, metrics=["clip_score", "color_accuracy"], output_dir=None)
+    assert set(report["metrics"]) == {"color_accuracy", "color_accuracy/test_unseen_pairs"}
+    assert "--clip_model" in report["skipped"]["clip_score"]
+    assert "grid" not in report
+    with pytest.raises(ValueError, match="unknown metric"):
+        run_eval(str(eval_fixtures / "pipe"), str(eval_fixtures / "data"), metrics=["nope"], output_dir=None)
+
+
+def test_explicit_clip_model_and_none(eval_fixtures):
+    pipe = str(eval_fixtures / "pipe")
+    assert resolve_clip_model("none", pipe)[0] is None
+    assert resolve_clip_model("openai/clip-vit-base-patch32", pipe) == ("openai/clip-vit-base-patch32", None)
+    assert resolve_clip_model(None, pipe)[0] == str(eval_fixtures / "pipe" / "clip")
+
+
+def test_generation_is_per_row_deterministic():
+    pipe = make_tiny_pipeline(sample_size=16)
+    pipe.set_progress_bar_config(disable=True)
+    captions = ["red dress", "blue bag", "green sneaker", "black coat", "white shirt"]
+    a, _ = generate_for_captions(pipe, captions, batch_size=2, seed=7)
+    b, _ = generate_for_captions(pipe, captions, batch_size=5, seed=7)
+    c, _ = generate_for_captions(pipe, captions[3:], batch_size=1, seed=10)
+    assert a.dtype == np.uint8 and a.shape == (5, 16, 16, 3)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a[3:], c)
+
+
+def test_all_metrics_are_registered_or_derived():
+    from prodimg.metrics import list_metrics
+
+    derived = {"pattern_accuracy"}  # category_accuracy's metric on the pattern head
+    assert set(ALL_METRICS) - derived <= set(list_metrics())
+
+
+@pytest.mark.slow
+def test_eval_with_real_inception(eval_fixtures, tmp_path, monkeypatch):
+    from prodimg.training.validation import fid_unavailable_reason
+
+    if fid_unavailable_reason() is not None:
+        pytest.skip(fid_unavailable_reason())
+    monkeypatch.setenv("PRODIMG_METRICS_CACHE", str(tmp_path / "cache"))
+    report = run_eval(str(eval_fixtures / "pipe"), str(eval_fixtures / "data"), "test", num_images=6, batch_size=6,
+                      metrics=["fid", "kid", "precision_recall"], output_dir=str(tmp_path / "out"))
+    assert {"fid/test", "kid/test", "precision/test", "recall/test"} <= set(report["metrics"])
