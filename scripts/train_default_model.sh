@@ -73,7 +73,12 @@ from prodimg import ProductImagePipeline
 from prodimg.utils import atomic_directory
 src, dst = sys.argv[1], sys.argv[2]
 pipe = ProductImagePipeline.from_pretrained(src, dtype=torch.float16)
+import shutil
+from pathlib import Path
 with atomic_directory(dst, overwrite=True) as tmp:
     pipe.save_pretrained(tmp)
-print("saved", dst)
+    card = Path(src) / "README.md"  # the trainer's model card; add `prodimg eval` figures before shipping
+    if card.is_file():
+        shutil.copyfile(card, Path(tmp) / "README.md")
+print("saved", dst, "- now run prodimg eval and put its figures in the model card")
 PY
