@@ -309,9 +309,9 @@ class CLIPTrainer:
 
         from .data.loading import ProductImageDataset, load_image_text_dataset
         from .training.checkpointing import resolve_resume_checkpoint
-        from .training.gan import TrainerState
         from .training.precision import MixedPrecision, NonFiniteGuard
         from .training.sampler import ResumableBatchSampler
+        from .training.state import TrainerState
         from .training.tracking import setup_logging
 
         self.args = args = check_args(args)
@@ -416,16 +416,6 @@ class CLIPTrainer:
         return path
 
     # ------------------------------------------------------------------------------------ loop pieces
-    def _batches(self):
-        """Endless batches; ``self.state`` holds the data position after the last batch returned."""
-        while True:
-            self.sampler.set_position(self.state.epoch, self.state.batch_in_epoch)
-            for batch in self.loader:
-                self.state.batch_in_epoch += 1
-                yield batch
-            self.state.epoch += 1
-            self.state.batch_in_epoch = 0
-
     def train_step(self, batch: dict) -> dict[str, float]:
         from .training.precision import guarded_step
 
@@ -478,6 +468,7 @@ class CLIPTrainer:
         return result
 
     def train(self) -> dict[str, Any]:
+        from .training.sampler import endless_batches
         from .training.tracking import Throughput, init_trackers, progress_bar
 
         args, acc = self.args, self.accelerator
@@ -490,7 +481,7 @@ class CLIPTrainer:
                     f"steps = {args.max_train_steps} (starting at {self.state.step}), precision = {args.mixed_precision}")
         bar = progress_bar(acc, args.max_train_steps, self.state.step)
         meter = Throughput()
-        batches = self._batches()
+        batches = endless_batches(self.loader, self.sampler, self.state)
         running: list[float] = []
         try:
             while self.state.step < args.max_train_steps:

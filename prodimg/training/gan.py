@@ -55,8 +55,8 @@ from .checkpointing import load_checkpoint, resolve_resume_checkpoint, save_chec
 from .hub import files_to_upload, push_folder_to_hub, render_pipeline_card, write_model_card
 from .losses import discriminator_loss, generator_loss, matching_loss, mismatched_captions, r1_penalty
 from .precision import MixedPrecision, NonFiniteGuard, NonFiniteTrainingError, guarded_step
-from .sampler import ResumableBatchSampler
-from .state import capture_rng_state, restore_rng_state
+from .sampler import ResumableBatchSampler, endless_batches
+from .state import TrainerState, capture_rng_state, restore_rng_state
 from .tracking import Throughput, init_trackers, log_image, progress_bar, setup_logging
 from .validation import EarlyStopping, FIDEvaluator, fid_unavailable_reason, generate_grid, to_uint8_nhwc
 
@@ -447,25 +447,6 @@ def parameter_digest(*modules_or_tensors) -> str:
     return h.hexdigest()
 
 
-@dataclasses.dataclass
-class TrainerState:
-    """Progress that is not inside a model/optimizer: step, data position, images seen."""
-
-    step: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0
-    images_seen: int = 0
-    global_batch_size: int = 0
-    dataset_size: int = 0
-
-    def state_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def load_state_dict(self, state: dict) -> None:
-        for f in dataclasses.fields(self):
-            setattr(self, f.name, int(state[f.name]))
-
-
 def _collate(examples: list[dict]) -> dict:
     return {
         "pixel_values": torch.stack([e["pixel_values"] for e in examples]).contiguous(),
@@ -702,16 +683,6 @@ class GANTrainer:
         return path
 
     # ------------------------------------------------------------------------------------ data
-    def _micro_batches(self):
-        """Endless micro-batches; ``self.state`` always holds the position after the last one returned."""
-        while True:
-            self.sampler.set_position(self.state.epoch, self.state.batch_in_epoch)
-            for batch in self.loader:
-                self.state.batch_in_epoch += 1
-                yield batch
-            self.state.epoch += 1
-            self.state.batch_in_epoch = 0
-
     def _condition(self, texts: list[str]):
         """Cached embeddings with condition dropout; returns (hidden, mask, pooled, dropped)."""
         e = self.cache.encode(texts, device=self.device)
@@ -973,7 +944,7 @@ class GANTrainer:
         )
         bar = progress_bar(acc, args.max_train_steps, self.state.step)
         meter = Throughput()
-        batches = self._micro_batches()
+        batches = endless_batches(self.loader, self.sampler, self.state)
         try:
             while self.state.step < args.max_train_steps:
                 micro = [next(batches) for _ in range(args.gradient_accumulation_steps)]

@@ -59,3 +59,16 @@ class ResumableBatchSampler(Sampler[list[int]]):
         for b in range(start, self.batches_per_epoch):
             lo = b * global_batch + self.rank * self.batch_size
             yield order[lo : lo + self.batch_size].tolist()
+
+
+def endless_batches(loader, sampler: ResumableBatchSampler, state):
+    """Endless batches from ``loader`` (whose batch sampler is ``sampler``), resuming at and advancing
+    ``state.epoch`` / ``state.batch_in_epoch``: after each yield, ``state`` holds the data position
+    following the batch just returned (what a checkpoint must store)."""
+    while True:
+        sampler.set_position(state.epoch, state.batch_in_epoch)
+        for batch in loader:
+            state.batch_in_epoch += 1
+            yield batch
+        state.epoch += 1
+        state.batch_in_epoch = 0

@@ -11,6 +11,7 @@ untrusted place cannot run code.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -144,3 +145,22 @@ def restore_rng_state(state: dict[str, Any], generators: dict[str, torch.Generat
         if name not in saved:
             raise ValueError(f"the checkpoint has no state for the random generator {name!r}")
         g.set_state(saved[name].cpu())
+
+
+@dataclasses.dataclass
+class TrainerState:
+    """Progress that is not inside a model/optimizer: step, data position, images seen."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    images_seen: int = 0
+    global_batch_size: int = 0
+    dataset_size: int = 0
+
+    def state_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, int(state[f.name]))
