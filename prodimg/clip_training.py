@@ -469,6 +469,7 @@ class CLIPTrainer:
 
     def train(self) -> dict[str, Any]:
         from .training.sampler import endless_batches
+        from .training.state import Deadline
         from .training.tracking import Throughput, init_trackers, progress_bar
 
         args, acc = self.args, self.accelerator
@@ -483,8 +484,13 @@ class CLIPTrainer:
         meter = Throughput()
         batches = endless_batches(self.loader, self.sampler, self.state)
         running: list[float] = []
+        deadline = Deadline(args.max_train_seconds, args.train_time_clock)
         try:
             while self.state.step < args.max_train_steps:
+                if deadline.expired_everywhere(acc):
+                    logger.info(f"Stopping at step {self.state.step}: --max_train_seconds {args.max_train_seconds:g} "
+                                f"({args.train_time_clock} clock)")
+                    break
                 logs = self.train_step(next(batches))
                 meter.add(self.state.global_batch_size)
                 running.append(logs["loss"])

@@ -461,6 +461,26 @@ def test_forced_nonfinite_step_is_skipped_and_counted(fixtures, tmp_path, monkey
     assert list(pipe.generator.config.block_out_channels) == [8, 16]
 
 
+@pytest.mark.parametrize("clock", ["wall", "cpu"])
+def test_time_budget_stops_with_a_checkpoint_and_a_saved_pipeline(fixtures, tmp_path, clock):
+    out = tmp_path / f"budget-{clock}"
+    summary = train_product_gan(**base_args(fixtures, out, max_train_steps=10_000, max_train_seconds=1e-9,
+                                            train_time_clock=clock, validation_steps=100))
+    assert summary["global_step"] == 0 and summary["stop_reason"].startswith("max_train_seconds")
+    assert (out / "checkpoint-0").is_dir()
+    ProductImagePipeline.from_pretrained(out)
+
+
+def test_deadline_clocks():
+    from prodimg.training.state import Deadline
+
+    assert not Deadline(None).expired() and Deadline(1e-12, "cpu").expired()
+    with pytest.raises(ValueError, match="clock"):
+        Deadline(1.0, "sundial")
+    with pytest.raises(ValueError, match="positive"):
+        Deadline(0.0)
+
+
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_mixed_precision_runs(fixtures, tmp_path, precision):
     """fp16: autocast + loss scaling (overflow skips are calibration, not divergence); bf16: autocast only."""

@@ -182,7 +182,7 @@ def evaluate(
         "num_inference_steps": num_inference_steps or int(pipeline.scheduler.config.num_train_timesteps),
         "guidance_scale": guidance_scale,
         "device": str(pipeline._execution_device),
-        "dtype": str(pipeline.generator.dtype).replace("torch.", ""),
+        "dtype": str(getattr(getattr(pipeline, "generator", None), "dtype", None) or pipeline.dtype).replace("torch.", ""),
         "torch_threads": torch.get_num_threads(),
     }
     _print(f"sampling speed: {sampling['images_per_second']:.1f} images/s (batch {batch_size}, "
@@ -347,8 +347,6 @@ def run_eval(
 ) -> dict[str, Any]:
     """Load everything ``prodimg eval`` names and :func:`evaluate`. ``split``: one name or a comma list."""
     from ..pipeline import ProductImagePipeline
-    from .classifier import classifier_metrics, load_attribute_classifier
-    from .clip import load_clip_judge
 
     if num_images < 2:
         raise ValueError(f"--num_images must be >= 2, got {num_images}")
@@ -367,9 +365,30 @@ def run_eval(
         _print(f"[{name}] loading up to {num_images} rows of {dataset}")
         splits[name] = load_labeled_split(dataset, name, resolution, image_column=image_column,
                                           caption_column=caption_column, max_samples=num_images)
+    judges = load_judges(metrics, clip_model=clip_model, classifier=classifier, pipeline_path=pipeline, device=device)
+    judge = judges["clip_judge"]
+    extra = {
+        "pipeline": pipeline,
+        "clip_model": judge.source if judge is not None else None,
+        "setup_seconds": time.perf_counter() - started,
+    }
+    return evaluate(pipe, splits, dataset_id=dataset_identity(dataset), batch_size=batch_size, seed=seed,
+                    num_inference_steps=steps, guidance_scale=guidance_scale, metrics=metrics,
+                    feature_extractor=feature_extractor, cache_dir=cache_dir, device=device, output_dir=output_dir,
+                    extra=extra, **judges)
+
+
+def load_judges(metrics: Sequence[str], *, clip_model: str | None = None, classifier: str | None = None,
+                pipeline_path: str | None = None, device: str = "cpu") -> dict[str, Any]:
+    """The judges ``metrics`` need, as :func:`evaluate` keyword arguments: ``clip_judge``/``clip_note``
+    (see :func:`resolve_clip_model`) and ``classifier``/``classifier_info`` (the attribute classifier
+    with its own test accuracy; ``{"error": ...}`` when it cannot be found)."""
+    from .classifier import classifier_metrics, load_attribute_classifier
+    from .clip import load_clip_judge
+
     judge, note = None, None
     if "clip_score" in metrics:
-        location, note = resolve_clip_model(clip_model, pipeline)
+        location, note = resolve_clip_model(clip_model, pipeline_path)
         if location is not None:
             judge = load_clip_judge(location, device=device)
     cls, cls_info = None, None
@@ -380,14 +399,5 @@ def run_eval(
                         **(classifier_metrics(classifier) or {})}
             cls_info = {k: cls_info[k] for k in ("path", "test", "reliable_heads", "reliable_accuracy") if k in cls_info}
         except FileNotFoundError as err:
-            note_cls = str(err)
-            cls_info = {"error": note_cls}
-    extra = {
-        "pipeline": pipeline,
-        "clip_model": judge.source if judge is not None else None,
-        "setup_seconds": time.perf_counter() - started,
-    }
-    return evaluate(pipe, splits, dataset_id=dataset_identity(dataset), batch_size=batch_size, seed=seed,
-                    num_inference_steps=steps, guidance_scale=guidance_scale, metrics=metrics, clip_judge=judge,
-                    clip_note=note, classifier=cls, classifier_info=cls_info, feature_extractor=feature_extractor,
-                    cache_dir=cache_dir, device=device, output_dir=output_dir, extra=extra)
+            cls_info = {"error": str(err)}
+    return {"clip_judge": judge, "clip_note": note, "classifier": cls, "classifier_info": cls_info}

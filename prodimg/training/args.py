@@ -60,6 +60,19 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="Seed of every random choice of the run.")
     g.add_argument("--max_train_steps", type=int, default=20000, help="Optimizer steps to train for.")
     g.add_argument(
+        "--max_train_seconds",
+        type=float,
+        default=None,
+        help="Also stop (checkpoint, save the model) once this much training time has passed in this launch.",
+    )
+    g.add_argument(
+        "--train_time_clock",
+        type=str,
+        default="wall",
+        choices=("wall", "cpu"),
+        help="Clock of --max_train_seconds: wall time, or this process's CPU time (fair budgets on a shared machine).",
+    )
+    g.add_argument(
         "--gradient_accumulation_steps",
         type=int,
         default=1,
@@ -158,6 +171,8 @@ def check_common_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--dataloader_num_workers must be >= 0, got {args.dataloader_num_workers}")
     if args.max_train_samples is not None and args.max_train_samples < 1:
         raise ValueError(f"--max_train_samples must be >= 1, got {args.max_train_samples}")
+    if args.max_train_seconds is not None and not args.max_train_seconds > 0:
+        raise ValueError(f"--max_train_seconds must be > 0, got {args.max_train_seconds}")
     if args.max_grad_norm is not None and args.max_grad_norm <= 0:
         raise ValueError(f"--max_grad_norm must be > 0, got {args.max_grad_norm}")
     if args.push_to_hub and not args.hub_model_id:

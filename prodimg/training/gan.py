@@ -56,7 +56,7 @@ from .hub import files_to_upload, push_folder_to_hub, render_pipeline_card, writ
 from .losses import discriminator_loss, generator_loss, matching_loss, mismatched_captions, r1_penalty
 from .precision import MixedPrecision, NonFiniteGuard, NonFiniteTrainingError, guarded_step
 from .sampler import ResumableBatchSampler, endless_batches
-from .state import TrainerState, capture_rng_state, restore_rng_state
+from .state import Deadline, TrainerState, capture_rng_state, restore_rng_state
 from .tracking import Throughput, init_trackers, log_image, progress_bar, setup_logging
 from .validation import EarlyStopping, FIDEvaluator, fid_unavailable_reason, generate_grid, to_uint8_nhwc
 
@@ -945,8 +945,13 @@ class GANTrainer:
         bar = progress_bar(acc, args.max_train_steps, self.state.step)
         meter = Throughput()
         batches = endless_batches(self.loader, self.sampler, self.state)
+        deadline = Deadline(args.max_train_seconds, args.train_time_clock)
         try:
             while self.state.step < args.max_train_steps:
+                if deadline.expired_everywhere(acc):
+                    self.stop_reason = f"max_train_seconds ({args.max_train_seconds:g} s, {args.train_time_clock} clock)"
+                    logger.info(f"Stopping at step {self.state.step}: {self.stop_reason}")
+                    break
                 micro = [next(batches) for _ in range(args.gradient_accumulation_steps)]
                 logs = self.train_step(micro)
                 meter.add(self.state.global_batch_size)

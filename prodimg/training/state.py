@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +146,43 @@ def restore_rng_state(state: dict[str, Any], generators: dict[str, torch.Generat
         if name not in saved:
             raise ValueError(f"the checkpoint has no state for the random generator {name!r}")
         g.set_state(saved[name].cpu())
+
+
+class Deadline:
+    """A training-time budget: ``expired()`` once ``seconds`` have passed since construction.
+
+    ``clock="wall"`` counts wall-clock time; ``clock="cpu"`` counts this process's CPU time (all its
+    threads), which keeps budgets comparable while other jobs share the machine. ``seconds=None``
+    never expires.
+    """
+
+    CLOCKS = ("wall", "cpu")
+
+    def __init__(self, seconds: float | None, clock: str = "wall"):
+        if clock not in self.CLOCKS:
+            raise ValueError(f"clock must be one of {self.CLOCKS}, got {clock!r}")
+        if seconds is not None and not seconds > 0:
+            raise ValueError(f"the time budget must be a positive number of seconds, got {seconds}")
+        self.seconds, self.clock = seconds, clock
+        self._now = time.perf_counter if clock == "wall" else time.process_time
+        self.start = self._now()
+
+    def elapsed(self) -> float:
+        return self._now() - self.start
+
+    def expired(self) -> bool:
+        return self.seconds is not None and self.elapsed() >= self.seconds
+
+    def expired_everywhere(self, accelerator) -> bool:
+        """The main process's verdict, shared with every process (so that all stop at the same step)."""
+        if self.seconds is None:
+            return False
+        if accelerator.num_processes == 1:
+            return self.expired()
+        from accelerate.utils import broadcast_object_list
+
+        verdict = [self.expired() if accelerator.is_main_process else None]
+        return bool(broadcast_object_list(verdict, from_process=0)[0])
 
 
 @dataclasses.dataclass
