@@ -183,6 +183,76 @@ class Load:
         return stats
 
 
+# Hostile and broken requests for the mixed-traffic phase: (kind, method, path, body, headers-or-None).
+# ``None`` headers means "the valid key"; unauthenticated kinds carry no, wrong or under-scoped keys.
+def hostile_requests(monitor_key: str) -> list[tuple[str, str, str, bytes, dict | None]]:
+    gen = "/v1/images/generations"
+    js = {"Content-Type": "application/json"}
+    bad_bodies = [
+        b"not json", b"{", b"[]", b"null", b"{}", b'{"prompt": 123}', b'{"prompt": ""}', b'{"prompt": "   "}',
+        b'{"prompt": "red dress", "n": -1}', b'{"prompt": "red dress", "n": 1000000}',
+        b'{"prompt": "red dress", "seed": "x"}', b'{"prompt": "red dress", "steps": 10000}',
+        b'{"prompt": "red dress", "guidance_scale": 1e308}', b'{"prompt": "red dress", "unknown": 1}',
+        b'{"prompt": ["a", {"b": []}]}', b'{"prompt": "\xff\xfe"}', b"\xff\xfe\xfd",
+        json.dumps({"prompt": "red dress " * 2000}).encode(),
+        b'{"prompt": "red dress", "n": 1, "response_format": "file:///etc/passwd"}',
+        b'{"prompt": "' + b"x" * (2 * 1024 * 1024) + b'"}',
+    ]
+    out: list[tuple[str, str, str, bytes, dict | None]] = [("invalid", "POST", gen, b, None) for b in bad_bodies]
+    valid = json.dumps({"prompt": "a red dress", "n": 1, "seed": 1}).encode()
+    for headers in ({}, {"Authorization": "Bearer wrong-key"}, {"Authorization": "Basic dXNlcjpwYXNz"},
+                    {"Authorization": "Bearer "}, {"Authorization": f"Bearer {monitor_key}"},
+                    {"Authorization": "Bearer " + "k" * 10000}, {"X-API-Key": "wrong"}):
+        out.append(("unauthenticated", "POST", gen, valid, {**js, **headers}))
+    out += [("unauthenticated", "GET", "/metrics", b"", {}), ("unauthenticated", "GET", "/readyz", b"", {}),
+            ("invalid", "GET", gen, b"", None), ("invalid", "DELETE", gen, b"", None),
+            ("invalid", "POST", "/v1/../../etc/passwd", valid, None), ("invalid", "GET", "/nope", b"", None)]
+    return out
+
+
+async def mixed_traffic(port: int, key: str, monitor_key: str, clients: int, seconds: float,
+                        invalid_fraction: float = 0.3, unauth_fraction: float = 0.2, seed: int = 0) -> dict:
+    """Closed loop of valid, invalid and unauthenticated requests; counts by kind and status."""
+    rng = random.Random(seed)
+    load = Load(port, key, seed=seed)
+    hostile = hostile_requests(monitor_key)
+    by_kind = {k: [h for h in hostile if h[0] == k] for k in ("invalid", "unauthenticated")}
+    counts = {k: Counter() for k in ("valid", "invalid", "unauthenticated")}
+    start = time.perf_counter()
+
+    async def client() -> None:
+        conn = Connection(port)
+        while time.perf_counter() - start < seconds:
+            r = rng.random()
+            if r < unauth_fraction:
+                kind, method, path, body, headers = rng.choice(by_kind["unauthenticated"])
+            elif r < unauth_fraction + invalid_fraction:
+                kind, method, path, body, headers = rng.choice(by_kind["invalid"])
+            else:
+                kind, method, path, body, headers = "valid", "POST", "/v1/images/generations", load.body(), None
+            if headers is None:
+                headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+            try:
+                status, _ = await conn.request(method, path, body, headers)
+            except (ConnectionError, OSError, asyncio.IncompleteReadError, ValueError):
+                conn.close()
+                status = 0
+            counts[kind][status] += 1
+        conn.close()
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    total = {k: sum(c.values()) for k, c in counts.items()}
+    return {
+        "seconds": time.perf_counter() - start,
+        "requests": total,
+        "status": {k: dict(sorted(c.items())) for k, c in counts.items()},
+        "server_errors": sum(v for c in counts.values() for s, v in c.items() if s == 0 or s >= 500 and s != 503),
+        "unauthenticated_successes": sum(v for s, v in counts["unauthenticated"].items() if 200 <= s < 300),
+        "invalid_successes": sum(v for s, v in counts["invalid"].items() if 200 <= s < 300),
+        "valid_successes": sum(v for s, v in counts["valid"].items() if s == 200),
+    }
+
+
 def summary(stats: dict) -> dict:
     lat = stats["latency"]
     return {
@@ -345,12 +415,36 @@ async def measure(args: argparse.Namespace, pipeline: str, keys: str, key: str) 
                 + f"  p99/single p50 {s['p99_over_single']:.2f}, /single p99 {s['p99_over_single_p99']:.2f}"
             )
         results.update(single=single, batched=batched, unbatched=unbatched, sweep=sweep)
+        if args.mixed:
+            results["mixed"] = await mixed_phase(args, batched_server, key)
         if args.soak:
             results["soak"] = await soak(args, batched_server, load)
     finally:
         batched_server.stop()
         unbatched_server.stop()
     return results
+
+
+async def mixed_phase(args: argparse.Namespace, server: "Server", key: str) -> dict:
+    print(f"mixed traffic: {args.mixed:.0f} s, {args.clients} clients, 50 % valid / 30 % invalid / "
+          f"20 % unauthenticated or under-scoped")
+    rss_before = server.rss_mb()
+    m = await mixed_traffic(server.port, key, args.monitor_key, args.clients, args.mixed)
+    m.update(rss_before_mb=rss_before, rss_after_mb=server.rss_mb(), server_alive=server.proc.poll() is None)
+    print(f"mixed: requests {m['requests']}; status {m['status']}")
+    print(f"mixed: 5xx/broken {m['server_errors']} (goal 0), unauthenticated successes "
+          f"{m['unauthenticated_successes']} (goal 0), invalid accepted {m['invalid_successes']}; RSS "
+          f"{m['rss_before_mb']:.1f} -> {m['rss_after_mb']:.1f} MB")
+    return m
+
+
+async def measure_mixed_only(args: argparse.Namespace, pipeline: str, keys: str, key: str) -> dict:
+    server = Server(pipeline, keys, key, args.max_batch, args)
+    try:
+        await server.wait_ready()
+        return {"mixed": await mixed_phase(args, server, key)}
+    finally:
+        server.stop()
 
 
 def merge(runs: list[dict]) -> dict:
@@ -398,7 +492,7 @@ async def soak(args: argparse.Namespace, server: Server, load: Load) -> dict:
     return s
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--pipeline",
@@ -439,8 +533,13 @@ def main() -> int:
         default=0.0,
         help="soak seconds (default when given: 600)",
     )
+    parser.add_argument("--mixed", type=float, default=0.0,
+                        help="seconds of mixed valid/invalid/unauthenticated traffic (default 0: skip)")
+    parser.add_argument("--mixed-only", action="store_true", help="run only the mixed-traffic phase")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.mixed_only and not args.mixed:
+        args.mixed = 60.0
 
     sys.path.insert(0, str(REPO))
     from prodimg.serving.keys import add_key
@@ -454,6 +553,13 @@ def main() -> int:
             make_tiny_pipeline().save_pretrained(pipeline)
         keys = os.path.join(tmp, "keys.json")
         _, key = add_key(keys, "load", ["generate", "monitor"])
+        _, args.monitor_key = add_key(keys, "monitor-only", ["monitor"])
+        if args.mixed_only:
+            results = asyncio.run(measure_mixed_only(args, pipeline, keys, key))
+            m = results["mixed"]
+            if args.json:
+                Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+            return 0 if m["server_errors"] == 0 and m["unauthenticated_successes"] == 0 and m["server_alive"] else 1
         results = asyncio.run(measure(args, pipeline, keys, key))
 
     b, u, single = results["batched"], results["unbatched"], results["single"]
