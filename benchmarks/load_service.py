@@ -425,7 +425,7 @@ async def measure(args: argparse.Namespace, pipeline: str, keys: str, key: str) 
     return results
 
 
-async def mixed_phase(args: argparse.Namespace, server: "Server", key: str) -> dict:
+async def mixed_phase(args: argparse.Namespace, server: Server, key: str) -> dict:
     print(f"mixed traffic: {args.mixed:.0f} s, {args.clients} clients, 50 % valid / 30 % invalid / "
           f"20 % unauthenticated or under-scoped")
     rss_before = server.rss_mb()
