@@ -124,3 +124,22 @@ def test_dynamo_exporter_matches_pytorch(torch_pipe, reference, tmp_path):
     ort_pipe.set_progress_bar_config(disable=True)
     got = ort_pipe(PROMPTS, generator=seeded(6), **KWARGS).images
     assert np.abs(got - reference).max() < FP32_TOLERANCE
+
+
+def test_eval_runs_the_int8_export_on_onnxruntime(export_dir, pipe_dir, torch_pipe, tmp_path, monkeypatch):
+    from test_eval import make_labeled_dataset
+
+    from prodimg.evaluation.evaluate import run_eval
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    size = int(torch_pipe.generator.config.sample_size)
+    data = make_labeled_dataset(tmp_path / "data", {"test": 4}, size=size)
+    reports = {}
+    for backend, int8 in (("pytorch", False), ("onnxruntime", True)):
+        path = export_dir if backend == "onnxruntime" else pipe_dir
+        reports[backend] = run_eval(str(path), str(data), "test", num_images=4, batch_size=2,
+                                    metrics=["color_accuracy"], output_dir=None, backend=backend, int8=int8)
+    assert reports["onnxruntime"]["backend"] == "onnxruntime-int8" and reports["pytorch"]["backend"] == "pytorch"
+    assert 0 <= reports["onnxruntime"]["metrics"]["color_accuracy"] <= 1
+    assert main(["eval", "--pipeline", str(export_dir), "--dataset", str(data), "--int8",
+                 "--output_dir", str(tmp_path / "r")]) == 2  # --int8 without --backend onnxruntime

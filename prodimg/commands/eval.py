@@ -7,6 +7,7 @@ import json
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from ..backends import BACKENDS
     from ..evaluation.evaluate import ALL_METRICS
 
     p = subparsers.add_parser(
@@ -37,6 +38,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output_dir", default="outputs/eval", help="where report.json and grid.png go (default outputs/eval)")
     p.add_argument("--seed", type=int, default=0, help="row i is generated with seed + i (default 0)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--backend", choices=BACKENDS, default="pytorch",
+                   help="pytorch, or onnxruntime with --pipeline a `prodimg export onnx` folder (default pytorch)")
+    p.add_argument("--int8", action="store_true", help="onnxruntime backend: evaluate the export's int8 generator")
+    p.add_argument("--num_threads", type=int, default=None, help="onnxruntime intra-op threads (default: its own)")
     p.set_defaults(func=run)
 
 
@@ -48,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
         args.pipeline, args.dataset, args.split, num_images=args.num_images, batch_size=args.batch_size,
         steps=args.steps, guidance_scale=args.guidance_scale, clip_model=args.clip_model, classifier=args.classifier,
         metrics=metrics, output_dir=args.output_dir, seed=args.seed, device=args.device,
-        image_column=args.image_column, caption_column=args.caption_column,
+        image_column=args.image_column, caption_column=args.caption_column, backend=args.backend, int8=args.int8,
+        num_threads=args.num_threads,
     )
     print(json.dumps(report["metrics"], indent=1))
     for name, reason in report["skipped"].items():

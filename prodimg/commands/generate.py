@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 DEFAULT_PIPELINE_NAME = "prodimg-fashion-32"
-BACKENDS = ("pytorch", "onnxruntime")
+from ..backends import BACKENDS, load_pipeline
 BAD_ROW_ACTIONS = ("error", "skip")
 
 
@@ -73,27 +73,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                          help="regenerate images that --out already holds with other settings (default: refuse)")
     catalog.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
-
-
-def load_pipeline(pipeline_path: str, backend: str = "pytorch", device: str | None = "cpu", int8: bool = False,
-                  num_threads: int | None = None):
-    """The pipeline to sample from: PyTorch weights, or an ONNX export run on onnxruntime."""
-    from ..export.onnx_export import is_onnx_export
-    from ..pipeline import ProductImagePipeline
-
-    if backend not in BACKENDS:
-        raise ValueError(f"--backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "onnxruntime":
-        if device not in (None, "cpu"):
-            raise ValueError(f"--backend onnxruntime runs on the CPU; got --device {device}")
-        from ..export import load_onnx_pipeline
-
-        return load_onnx_pipeline(pipeline_path, int8=int8, num_threads=num_threads)
-    if int8:
-        raise ValueError("--int8 needs --backend onnxruntime and an export made with `prodimg export onnx --int8`")
-    if is_onnx_export(pipeline_path):
-        raise ValueError(f"{pipeline_path} is an ONNX export; pass --backend onnxruntime to run it")
-    return ProductImagePipeline.from_pretrained(pipeline_path).to(device or "cpu")
 
 
 def resolve_pipeline_path(pipeline: str | None) -> str:

@@ -344,9 +344,13 @@ def run_eval(
     caption_column: str = "text",
     cache_dir: str | None = None,
     feature_extractor=None,
+    backend: str = "pytorch",
+    int8: bool = False,
+    num_threads: int | None = None,
 ) -> dict[str, Any]:
-    """Load everything ``prodimg eval`` names and :func:`evaluate`. ``split``: one name or a comma list."""
-    from ..pipeline import ProductImagePipeline
+    """Load everything ``prodimg eval`` names and :func:`evaluate`. ``split``: one name or a comma list;
+    ``backend``/``int8``/``num_threads`` as for ``prodimg generate`` (an ONNX export on onnxruntime)."""
+    from ..backends import load_pipeline
 
     if num_images < 2:
         raise ValueError(f"--num_images must be >= 2, got {num_images}")
@@ -357,7 +361,7 @@ def run_eval(
         raise ValueError(f"--split must name one or more distinct splits, got {split!r}")
     metrics = list(metrics) if metrics else list(ALL_METRICS)
     started = time.perf_counter()
-    pipe = ProductImagePipeline.from_pretrained(pipeline).to(device)
+    pipe = load_pipeline(pipeline, backend, device, int8, num_threads)
     pipe.set_progress_bar_config(disable=True)
     resolution = int(pipe.generator.config.sample_size)
     splits = {}
@@ -369,6 +373,7 @@ def run_eval(
     judge = judges["clip_judge"]
     extra = {
         "pipeline": pipeline,
+        "backend": backend + ("-int8" if int8 else ""),
         "clip_model": judge.source if judge is not None else None,
         "setup_seconds": time.perf_counter() - started,
     }
