@@ -15,6 +15,7 @@ from pathlib import Path
 
 DEFAULT_PIPELINE_NAME = "prodimg-fashion-32"
 from ..backends import BACKENDS, load_pipeline
+
 BAD_ROW_ACTIONS = ("error", "skip")
 
 
