@@ -15,8 +15,15 @@ embeddings (one shared cache, built before either budget starts), for the same t
   (1000 steps, linear betas), MSE, AdamW 3e-4 with warm-up, EMA 0.999, 10 % caption dropout for
   classifier-free guidance, bf16 autocast, batch 64; sampled with ``DDIMScheduler`` (eta 0).
 
-``--clock cpu`` measures each budget in this process's CPU time instead of wall time, so that other
-jobs on a shared machine do not tilt the comparison. Then both are evaluated with ``prodimg eval``'s
+On a machine shared with other jobs, train the two side by side with one thread each, so that any
+other load falls on both alike (then evaluate; finished trainings are reused)::
+
+    python benchmarks/vs_diffusion.py --train gan --threads 1 ... &
+    python benchmarks/vs_diffusion.py --train baseline --threads 1 ... &
+    wait; python benchmarks/vs_diffusion.py --train none ...
+
+``--clock cpu`` measures each budget in CPU time instead (less reliable when cores are oversubscribed:
+threads that spin while waiting for a descheduled peer burn CPU time without progress). Then both are evaluated with ``prodimg eval``'s
 code (:func:`prodimg.evaluation.evaluate.evaluate`) on the same captions of ``--splits``: FID, KID,
 precision/recall, CLIP score, colour/category/pattern accuracy and sampling images/s, ours at
 ``--gan_steps`` (1 2 4) and the baseline at ``--ddim_steps`` (10 25 50). One table is printed and
@@ -129,6 +136,7 @@ def _text_encoder_folder(source: str, out: Path) -> Path:
 
 
 def train_gan(args, text_dir: Path, out: Path) -> dict:
+    """Our trainer under the time budget; reuses a finished training."""
     from prodimg.training.gan import train_product_gan
 
     run = out / "gan"
@@ -145,7 +153,8 @@ def train_gan(args, text_dir: Path, out: Path) -> dict:
         max_train_samples=args.max_train_samples,
     )
     result = {"steps": summary["global_step"], "images_seen": summary["images_seen"],
-              "seconds_wall": time.perf_counter() - started, "stop_reason": summary["stop_reason"]}
+              "seconds_wall": time.perf_counter() - started, "stop_reason": summary["stop_reason"],
+              "threads": torch.get_num_threads()}
     (run / DONE_FILE).write_text(json.dumps(result, indent=1))
     return result
 
@@ -218,6 +227,7 @@ def train_baseline(args, text_dir: Path, out: Path) -> dict:
     ema.copy_to(unet.parameters())
     unet.save_pretrained(run / "unet", safe_serialization=True)
     result = {"steps": state.step, "images_seen": state.images_seen, "seconds_wall": time.perf_counter() - started,
+              "threads": torch.get_num_threads(),
               "final_loss_mean_last_100": float(np.mean(losses[-100:])) if losses else None}
     (run / DONE_FILE).write_text(json.dumps(result, indent=1))
     return result
@@ -314,6 +324,9 @@ def parse_args(argv=None):
     p.add_argument("--metrics", default=None, help="comma list of prodimg eval metrics (default: all)")
     p.add_argument("--batch_size", type=int, default=64, help="sampling batch size of the evaluation (default 64)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train", choices=("all", "gan", "baseline", "none"), default="all",
+                   help="train both then evaluate (all), train one and stop, or only evaluate finished trainings")
+    p.add_argument("--threads", type=int, default=None, help="torch threads of this process (default: torch's)")
     p.add_argument("--output_dir", default="runs/vs-diffusion")
     args = p.parse_args(argv)
     if args.budget_minutes <= 0:
@@ -331,16 +344,28 @@ def main(argv=None, feature_extractor=None) -> dict:
 
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     text_dir = _text_encoder_folder(args.text_encoder, out)
 
-    print(f"== training ours (budget {args.budget_minutes:g} min, {args.clock} clock)", flush=True)
-    gan = train_gan(args, text_dir, out)
-    print(f"   {gan}", flush=True)
-    print(f"== training the diffusion baseline (budget {args.budget_minutes:g} min, {args.clock} clock)", flush=True)
-    base = train_baseline(args, text_dir, out)
-    print(f"   {base}", flush=True)
+    done = {"gan": (out / "gan" / DONE_FILE).is_file(), "baseline": (out / "baseline" / DONE_FILE).is_file()}
+    if args.train == "none" and not all(done.values()):
+        raise SystemExit(f"--train none needs finished trainings in {out}; missing: "
+                         f"{[k for k, v in done.items() if not v]}")
+    if args.train in ("all", "gan"):
+        print(f"== training ours (budget {args.budget_minutes:g} min, {args.clock} clock, "
+              f"{torch.get_num_threads()} threads)", flush=True)
+    gan = train_gan(args, text_dir, out) if args.train in ("all", "gan") or done["gan"] else None
+    print(f"   ours: {gan}", flush=True)
+    if args.train in ("all", "baseline"):
+        print(f"== training the diffusion baseline (budget {args.budget_minutes:g} min, {args.clock} clock, "
+              f"{torch.get_num_threads()} threads)", flush=True)
+    base = train_baseline(args, text_dir, out) if args.train in ("all", "baseline") or done["baseline"] else None
+    print(f"   baseline: {base}", flush=True)
+    if args.train in ("gan", "baseline"):
+        return {"gan_training": gan, "baseline_training": base}
 
     metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else list(ALL_METRICS)
     judges = load_judges(metrics, clip_model=args.clip_model or "none")

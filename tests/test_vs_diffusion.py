@@ -28,12 +28,18 @@ def load_benchmark():
 @pytest.fixture
 def setup(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    threads = torch.get_num_threads()
+    yield from _setup(tmp_path)
+    torch.set_num_threads(threads)  # --threads changes this process's setting
+
+
+def _setup(tmp_path):
     make_labeled_dataset(tmp_path / "data", {"train": 12, "test": 6, "test_unseen_pairs": 4})
     make_tiny_pipeline(sample_size=16).save_pretrained(tmp_path / "pipe")
     for name, module in (("g.json", tiny_generator()), ("d.json", tiny_discriminator())):
         cfg = {k: v for k, v in dict(module.config).items() if not k.startswith("_")}
         (tmp_path / name).write_text(json.dumps(cfg))
-    return tmp_path
+    yield tmp_path
 
 
 def test_vs_diffusion_runs_end_to_end(setup):
@@ -45,7 +51,12 @@ def test_vs_diffusion_runs_end_to_end(setup):
             "--baseline_batch_size", "4", "--unet_channels", "8,16", "--num_images", "4", "--batch_size", "4",
             "--gan_steps", "1", "4", "--ddim_steps", "2", "--metrics", "fid,color_accuracy,category_accuracy",
             "--output_dir", str(out)]
-    result = bench.main(argv, feature_extractor=TinyFeatures())
+    with pytest.raises(SystemExit, match="needs finished trainings"):
+        bench.main(argv + ["--train", "none"])
+    # The two trainings side by side (here one after the other), then the evaluation alone.
+    assert bench.main(argv + ["--train", "gan", "--threads", "1"])["baseline_training"] is None
+    assert bench.main(argv + ["--train", "baseline", "--threads", "1"])["baseline_training"]["threads"] == 1
+    result = bench.main(argv + ["--train", "none"], feature_extractor=TinyFeatures())
     assert [(r["system"], r["steps"]) for r in result["rows"]] == [("ours", 1), ("ours", 4), ("diffusers DDIM", 2)]
     for r in result["rows"]:
         assert np.isfinite(r["metrics"]["fid/test"]) and 0 <= r["metrics"]["color_accuracy"] <= 1
@@ -57,7 +68,7 @@ def test_vs_diffusion_runs_end_to_end(setup):
     assert (out / "eval" / "ddim-2" / "report.json").is_file()
     # A rerun reuses both finished trainings.
     shutil.rmtree(out / "eval")
-    again = bench.main(argv + ["--gan_steps", "4"], feature_extractor=TinyFeatures())
+    again = bench.main(argv + ["--gan_steps", "4"], feature_extractor=TinyFeatures())  # --train all: reused
     assert again["baseline_training"] == result["baseline_training"]
 
 
