@@ -3,7 +3,8 @@
 :func:`push_folder_to_hub` calls ``HfApi.create_repo`` and ``HfApi.upload_folder`` with an explicit
 allow-list, so checkpoints, logs and other training by-products in the output folder are never
 sent. :func:`files_to_upload` computes exactly the files that call sends (with huggingface_hub's
-own pattern filter), for logging and for tests.
+own pattern filter), for logging and for tests. Before anything is sent, every safetensors file among
+them is read and a folder holding NaN or Inf weights is refused (:func:`check_finite_weights`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 from huggingface_hub.utils import filter_repo_objects
 
@@ -42,6 +44,24 @@ def files_to_upload(
     return list(filter_repo_objects(paths, allow_patterns=list(allow_patterns)))
 
 
+def check_finite_weights(folder: str | os.PathLike, files: Sequence[str]) -> None:
+    """Raise ``ValueError`` if any ``.safetensors`` file among ``files`` (relative to ``folder``) holds a
+    NaN or Inf in a floating-point tensor."""
+    from safetensors import safe_open
+
+    for rel in files:
+        if not rel.endswith(".safetensors"):
+            continue
+        with safe_open(str(Path(folder) / rel), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 - safe_open handles are not iterable
+                tensor = f.get_tensor(key)
+                if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                    bad = int((~torch.isfinite(tensor)).sum())
+                    raise ValueError(
+                        f"{rel}: tensor {key!r} has {bad} non-finite values; refusing to publish {folder}"
+                    )
+
+
 def push_folder_to_hub(
     folder: str | os.PathLike,
     repo_id: str,
@@ -50,7 +70,11 @@ def push_folder_to_hub(
     commit_message: str = "Upload trained pipeline",
     allow_patterns: Sequence[str] = PIPELINE_UPLOAD_PATTERNS,
 ) -> Any:
-    """Create (or reuse) the model repository and upload the allow-listed files of ``folder``."""
+    """Create (or reuse) the model repository and upload the allow-listed files of ``folder``.
+
+    Raises ``ValueError`` before contacting the Hub if a weights file to upload holds NaN or Inf.
+    """
+    check_finite_weights(folder, files_to_upload(folder, allow_patterns))
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     return api.upload_folder(
