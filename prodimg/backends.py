@@ -3,7 +3,30 @@
 
 from __future__ import annotations
 
+import os
+
 BACKENDS = ("pytorch", "onnxruntime")
+
+
+def check_num_threads(num_threads: int | None) -> None:
+    """``--num_threads``: None or 1..the CPU count (a huge count exhausts memory creating threads)."""
+    limit = os.cpu_count() or 1
+    if num_threads is not None and not 1 <= num_threads <= limit:
+        raise ValueError(f"--num_threads must be between 1 and {limit} (the CPU count), got {num_threads}")
+
+
+def check_device(device: str | None) -> None:
+    """Refuse a ``--device`` that torch cannot parse or this machine lacks (a ValueError, not a traceback)."""
+    import torch
+
+    if device is None:
+        return
+    try:
+        if torch.device(device).type == "meta":
+            raise ValueError("the meta device holds no weights")
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError, ValueError) as err:
+        raise ValueError(f"--device {device!r} is not usable on this machine: {err}") from None
 
 
 def load_pipeline(pipeline_path: str, backend: str = "pytorch", device: str | None = "cpu", int8: bool = False,
@@ -14,6 +37,7 @@ def load_pipeline(pipeline_path: str, backend: str = "pytorch", device: str | No
 
     if backend not in BACKENDS:
         raise ValueError(f"--backend must be one of {BACKENDS}, got {backend!r}")
+    check_num_threads(num_threads)
     if backend == "onnxruntime":
         if device not in (None, "cpu"):
             raise ValueError(f"--backend onnxruntime runs on the CPU; got --device {device}")
@@ -24,4 +48,5 @@ def load_pipeline(pipeline_path: str, backend: str = "pytorch", device: str | No
         raise ValueError("--int8 needs --backend onnxruntime and an export made with `prodimg export onnx --int8`")
     if is_onnx_export(pipeline_path):
         raise ValueError(f"{pipeline_path} is an ONNX export; pass --backend onnxruntime to run it")
+    check_device(device)
     return ProductImagePipeline.from_pretrained(pipeline_path).to(device or "cpu")

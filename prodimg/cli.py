@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, TypeError) as err:
+    except (ValueError, OSError, TypeError) as err:  # OSError: unusable paths, an unreachable Hub
         print(f"prodimg {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -48,6 +48,35 @@ class PromptEmbeds:
     def repeat(self, n: int) -> "PromptEmbeds":
         return PromptEmbeds(*(t.repeat_interleave(n, dim=0) for t in (self.hidden_states, self.pooled, self.attention_mask)))
 
+    def padded_to(self, length: int) -> "PromptEmbeds":
+        """The same prompts with masked (zero) token states appended up to ``length`` tokens."""
+        extra = length - self.hidden_states.shape[1]
+        if extra <= 0:
+            return self
+        h = torch.nn.functional.pad(self.hidden_states, (0, 0, 0, extra))
+        return PromptEmbeds(h, self.pooled, torch.nn.functional.pad(self.attention_mask, (0, extra)))
+
+    @staticmethod
+    def cat(parts: list["PromptEmbeds"]) -> "PromptEmbeds":
+        """Concatenate along the batch, padding token states to the longest part."""
+        length = max(p.hidden_states.shape[1] for p in parts)
+        parts = [p.padded_to(length) for p in parts]
+        return PromptEmbeds(*(torch.cat(ts) for ts in zip(*((p.hidden_states, p.pooled, p.attention_mask)
+                                                              for p in parts))))
+
+
+def _check_unicode(name: str, value) -> None:
+    """Refuse strings that are not valid Unicode text (lone surrogates, e.g. from undecodable bytes)."""
+    texts = [value] if isinstance(value, str) else value if isinstance(value, (list, tuple)) else []
+    for i, text in enumerate(texts):
+        if isinstance(text, str):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as err:
+                raise ValueError(
+                    f"`{name}` item {i} is not valid Unicode text (a lone surrogate at position {err.start})"
+                ) from None
+
 
 class ProductImagePipeline(DiffusionPipeline):
     r"""Generate product photos from text with a CLIP text encoder and a denoising-GAN generator.
@@ -63,6 +92,10 @@ class ProductImagePipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "text_encoder->generator"
     _optional_components: list[str] = []
+    # Prompts are padded to the longest one in the batch: the text encoder is causal and the generator's
+    # cross-attention is masked, so the result equals max-length padding at a fraction of the cost. A text
+    # encoder with a fixed input length (an ONNX export) sets this to True.
+    pad_prompts_to_max_length = False
 
     def __init__(
         self,
@@ -89,6 +122,12 @@ class ProductImagePipeline(DiffusionPipeline):
             if kwargs.get(key):
                 raise ValueError(f"{key} is not supported: prodimg never runs code from a model repository")
         kwargs["use_safetensors"] = True
+        if kwargs.get("dtype") is None and kwargs.get("torch_dtype") is None:
+            # One compute dtype for every component: weights stored in fp16 (the shipped default) are
+            # upcast, not run in fp16 (transformers would keep the text encoder in its stored dtype, which
+            # is slow and inexact on a CPU). Pass dtype=torch.float16 / torch.bfloat16 to keep half precision.
+            kwargs.pop("torch_dtype", None)
+            kwargs["dtype"] = torch.float32
         path = str(pretrained_model_name_or_path)
         if os.path.isdir(path):
             check_pipeline_folder(path, cls.__name__)
@@ -114,7 +153,8 @@ class ProductImagePipeline(DiffusionPipeline):
 
     def _tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         max_len = self.max_text_length
-        inputs = self.tokenizer(prompts, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt")
+        padding = "max_length" if self.pad_prompts_to_max_length else "longest"
+        inputs = self.tokenizer(prompts, padding=padding, max_length=max_len, truncation=True, return_tensors="pt")
         untruncated = self.tokenizer(prompts, padding="longest", return_tensors="pt").input_ids
         if untruncated.shape[-1] > max_len:
             for i, ids in enumerate(untruncated):
@@ -197,9 +237,9 @@ class ProductImagePipeline(DiffusionPipeline):
             else:
                 raise TypeError(f"`prompt` must be a string or a list of strings, got {type(prompt).__name__}")
         else:
-            if not isinstance(prompt_embeds, PromptEmbeds):
-                raise TypeError(f"`prompt_embeds` must be a PromptEmbeds, got {type(prompt_embeds).__name__}")
-            batch = prompt_embeds.pooled.shape[0]
+            batch = self._check_embeds("prompt_embeds", prompt_embeds)
+        for name, value in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+            _check_unicode(name, value)
         if negative_prompt is not None and negative_prompt_embeds is not None:
             raise ValueError("Pass either `negative_prompt` or `negative_prompt_embeds`, not both.")
         if negative_prompt is not None:
@@ -213,13 +253,13 @@ class ProductImagePipeline(DiffusionPipeline):
                     )
             elif not isinstance(negative_prompt, str):
                 raise TypeError(f"`negative_prompt` must be a string or a list of strings, got {type(negative_prompt).__name__}")
-        if negative_prompt_embeds is not None:
-            if not isinstance(negative_prompt_embeds, PromptEmbeds):
-                raise TypeError("`negative_prompt_embeds` must be a PromptEmbeds")
-            if negative_prompt_embeds.pooled.shape[0] != batch:
-                raise ValueError(
-                    f"`negative_prompt_embeds` has batch {negative_prompt_embeds.pooled.shape[0]}, prompts have {batch}"
-                )
+        if (
+            negative_prompt_embeds is not None
+            and self._check_embeds("negative_prompt_embeds", negative_prompt_embeds) != batch
+        ):
+            raise ValueError(
+                f"`negative_prompt_embeds` has batch {negative_prompt_embeds.pooled.shape[0]}, prompts have {batch}"
+            )
         if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
             raise ValueError(f"`num_images_per_prompt` must be an int >= 1, got {num_images_per_prompt!r}")
         T = self.scheduler.config.num_train_timesteps
@@ -244,12 +284,40 @@ class ProductImagePipeline(DiffusionPipeline):
             if not torch.is_tensor(latents) or tuple(latents.shape) != expected:
                 got = tuple(latents.shape) if torch.is_tensor(latents) else type(latents).__name__
                 raise ValueError(f"`latents` must be a tensor of shape {expected}, got {got}")
+            if not torch.isfinite(latents).all():
+                raise ValueError("`latents` holds NaN or Inf values; pass finite starting noise")
+        gens = generator if isinstance(generator, list) else [generator]
+        if generator is not None and not all(isinstance(g, torch.Generator) for g in gens):
+            raise TypeError(f"`generator` must be a torch.Generator or a list of them, got {generator!r:.80}")
         if isinstance(generator, list) and len(generator) != total:
             raise ValueError(
                 f"`generator` is a list of {len(generator)} generators but {total} images are requested "
                 f"({batch} prompts x {num_images_per_prompt}); pass one per image or a single generator"
             )
         return batch
+
+    def _check_embeds(self, name: str, embeds) -> int:
+        """Check precomputed ``PromptEmbeds`` against the generator's text widths; return their batch size."""
+        if not isinstance(embeds, PromptEmbeds):
+            raise TypeError(f"`{name}` must be a PromptEmbeds, got {type(embeds).__name__}")
+        h, p, m = embeds.hidden_states, embeds.pooled, embeds.attention_mask
+        if not all(torch.is_tensor(t) for t in (h, p, m)):
+            raise TypeError(f"`{name}` must hold tensors (hidden_states, pooled, attention_mask)")
+        cfg = self.generator.config
+        if (
+            (h.ndim, p.ndim, m.ndim) != (3, 2, 2)
+            or not 1 <= h.shape[0] == p.shape[0] == m.shape[0]
+            or not 1 <= h.shape[1] == m.shape[1]
+            or (h.shape[2], p.shape[1]) != (cfg.text_embed_dim, cfg.pooled_text_dim)
+        ):
+            shapes = ", ".join(str(tuple(t.shape)) for t in (h, p, m))
+            raise ValueError(
+                f"`{name}` must hold hidden_states (B, L, {cfg.text_embed_dim}), pooled "
+                f"(B, {cfg.pooled_text_dim}) and attention_mask (B, L) with B, L >= 1; got {shapes}"
+            )
+        if not all(t.is_floating_point() and t.isfinite().all() for t in (h, p)):
+            raise ValueError(f"`{name}` must hold finite floating-point embeddings (not NaN/Inf or integers)")
+        return int(p.shape[0])
 
     def _latent_shape(self, n: int) -> tuple[int, int, int, int]:
         cfg = self.generator.config
@@ -298,14 +366,7 @@ class ProductImagePipeline(DiffusionPipeline):
         cond, uncond = self.encode_prompt(
             prompt, device, num_images_per_prompt, do_cfg, negative_prompt, prompt_embeds, negative_prompt_embeds
         )
-        if do_cfg:
-            text = PromptEmbeds(
-                torch.cat([uncond.hidden_states, cond.hidden_states]),
-                torch.cat([uncond.pooled, cond.pooled]),
-                torch.cat([uncond.attention_mask, cond.attention_mask]),
-            )
-        else:
-            text = cond
+        text = PromptEmbeds.cat([uncond, cond]) if do_cfg else cond
 
         # 3. Prepare timesteps, the starting noise x_T and the latent code z
         self.scheduler.set_timesteps(num_inference_steps, device=device)

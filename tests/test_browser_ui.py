@@ -102,6 +102,7 @@ def test_generate_in_the_browser(server, page):
         server.url + "/v1/images/generations",
         json={"prompt": "red striped dress", "n": 3, "seed": 42},
         headers={"Authorization": f"Bearer {server.key}"},
+        timeout=60,  # httpx's default 5 s is too short on a loaded 2-core machine
     ).json()
     assert base64.b64decode(api["data"][0]["b64_json"]) == shown
 

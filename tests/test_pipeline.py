@@ -74,6 +74,24 @@ def test_text_changes_the_image(pipe):
     assert np.abs(a[0] - a[1]).max() > 1e-2
 
 
+def test_padding_to_longest_equals_max_length_padding(pipe):
+    """The causal text encoder and the masked cross-attention make padding invisible: padding prompts to
+    the batch's longest one (the default, for speed) gives the max-length result, with and without CFG
+    (whose negative prompts may have another length)."""
+    prompts = ["red dress", "a blue striped cotton shirt with long sleeves, product photo"]
+    kwargs = dict(output_type="np", negative_prompt=["dark", "blurry low quality photo of a bag"])
+    try:
+        for guidance in (1.0, 2.0):
+            pipe.pad_prompts_to_max_length = True
+            full = pipe(prompts, generator=seeded(2, 3), guidance_scale=guidance, **kwargs).images
+            pipe.pad_prompts_to_max_length = False
+            short = pipe(prompts, generator=seeded(2, 3), guidance_scale=guidance, **kwargs).images
+            np.testing.assert_allclose(short, full, atol=1e-5)
+    finally:
+        pipe.pad_prompts_to_max_length = False
+    assert pipe.encode_text(prompts).hidden_states.shape[1] < pipe.max_text_length
+
+
 def test_return_dict_false(pipe):
     out = pipe(PROMPTS[0], generator=torch.Generator().manual_seed(0), output_type="np", return_dict=False)
     assert isinstance(out, tuple) and len(out) == 1 and out[0].shape == (1, 16, 16, 3)

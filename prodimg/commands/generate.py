@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 DEFAULT_PIPELINE_NAME = "prodimg-fashion-32"
-from ..backends import BACKENDS, load_pipeline
+from ..backends import BACKENDS, check_num_threads, load_pipeline
 
 BAD_ROW_ACTIONS = ("error", "skip")
 
@@ -95,8 +95,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("pass either a PROMPT or --prompts FILE, not both")
     if args.prompts is None and args.prompt is None:
         raise ValueError('pass a PROMPT (e.g. prodimg generate "red striped dress") or --prompts FILE --out DIR')
-    if args.num_threads is not None and args.num_threads < 1:
-        raise ValueError(f"--num_threads must be >= 1, got {args.num_threads}")
+    check_num_threads(args.num_threads)  # before torch.set_num_threads: a huge count exhausts memory
     if args.int8 and args.backend != "onnxruntime":
         raise ValueError("--int8 needs --backend onnxruntime")
     if args.prompts is not None:

@@ -332,6 +332,8 @@ def check_columns(dataset, columns: Sequence[str]) -> None:
             f"column {names} not found in the dataset; its columns are {existing} "
             "(choose with --image_column / --caption_column)"
         )
+    if len(set(columns)) != len(columns):  # select_columns would fail with a pyarrow KeyError
+        raise ValueError(f"{list(columns)} names a column twice (the image and caption columns must differ)")
 
 
 def _parquet_files(path: Path) -> list[Path]:
@@ -359,16 +361,30 @@ def detect_source(path: str | os.PathLike) -> str:
 
 
 def _check_metadata_jsonl(folder: Path, caption_column: str) -> None:
-    """Fail early, naming file and line, on unparsable metadata or non-string captions."""
+    """Fail early, naming file and line, on unparsable metadata, a file_name outside the folder or non-string
+    captions (and on a metadata file without rows, which ``datasets`` fails on with an IndexError)."""
     for meta in sorted(folder.rglob("metadata.jsonl")):
-        with open(meta, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
+        records = 0
+        with open(meta, "rb") as f:
+            for line_no, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    raise ValueError(f"{meta} line {line_no}: not valid UTF-8 ({err})") from None
                 if not line.strip():
                     continue
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as err:
                     raise ValueError(f"{meta} line {line_no}: not valid JSON ({err})") from err
+                where = f"{meta} line {line_no}"
+                if not isinstance(record, dict):  # a data error, hence ValueError
+                    raise ValueError(f"{where}: not a JSON object ({type(record).__name__})")  # noqa: TRY004
+                records += 1
+                name = record.get("file_name")
+                norm = os.path.normpath(name) if isinstance(name, str) else ""
+                if os.path.isabs(norm) or norm.split(os.sep)[0] == "..":
+                    raise ValueError(f"{where}: file_name {name!r} points outside {meta.parent}")
                 if caption_column in record:
                     try:
                         pick_caption(record[caption_column])
@@ -378,6 +394,8 @@ def _check_metadata_jsonl(folder: Path, caption_column: str) -> None:
                             f"{caption_column!r} must be a string or a non-empty list of strings, "
                             f"got {record[caption_column]!r}"
                         ) from None
+        if records == 0:
+            raise ValueError(f"{meta} has no rows (no JSON lines)")
 
 
 def _select_split(data, split: str, source: str):
@@ -412,7 +430,10 @@ def open_source(
         return _select_split(data, split, f"Hub dataset {dataset_name!r}"), None
     kind = detect_source(local)
     if kind == "disk":
-        data = datasets.load_from_disk(str(local))
+        try:
+            data = datasets.load_from_disk(str(local))
+        except IndexError as err:  # datasets cannot load a split saved with 0 rows (it has 0 shards)
+            raise ValueError(f"{local} holds a split with 0 rows, which cannot be loaded") from err
         return _select_split(data, split, str(local)), local
     if kind == "parquet":
         files = _parquet_files(local)
@@ -438,7 +459,10 @@ def open_source(
             raise
         return data, local if local.is_dir() else local.parent
     _check_metadata_jsonl(local, caption_column)
-    data = datasets.load_dataset("imagefolder", data_dir=str(local), cache_dir=cache_dir)
+    try:
+        data = datasets.load_dataset("imagefolder", data_dir=str(local), cache_dir=cache_dir)
+    except datasets.exceptions.DatasetGenerationError as err:  # bad data met while reading the files
+        raise ValueError(f"{local}: cannot read the imagefolder: {err.__cause__ or err}") from err
     return _select_split(data, split, str(local)), local
 
 

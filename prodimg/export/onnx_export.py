@@ -40,6 +40,8 @@ ONNX_INDEX_NAME = "onnx_index.json"
 FORMAT = "prodimg-onnx"
 FORMAT_VERSION = 1
 DEFAULT_OPSET = 18
+MAX_OPSET = 22
+"""The newest opset verified with both exporters and onnxruntime (a dynamo export at 23 fails onnxruntime)."""
 EXPORTERS = ("dynamo", "torchscript")
 
 TEXT_ENCODER_INPUTS = ["input_ids", "attention_mask"]
@@ -152,10 +154,23 @@ def read_onnx_index(path: str | os.PathLike) -> dict[str, Any]:
     return index
 
 
+@contextlib.contextmanager
+def max_length_prompts(pipe):
+    """Within the block ``pipe`` pads prompts to the text encoder's full length: the exported graphs
+    take fixed-length token sequences (tracing, the export check and int8 calibration run in here)."""
+    previous = pipe.pad_prompts_to_max_length
+    pipe.pad_prompts_to_max_length = True
+    try:
+        yield pipe
+    finally:
+        pipe.pad_prompts_to_max_length = previous
+
+
 def _example_inputs(pipe, batch: int, seed: int):
     prompts = ["red striped dress", "a pair of blue sneakers, product photo", "black leather bag"] * batch
-    input_ids, attention_mask = pipe._tokenize(prompts[:batch])
-    embeds = pipe.encode_text(prompts[:batch], device=torch.device("cpu"))
+    with max_length_prompts(pipe):
+        input_ids, attention_mask = pipe._tokenize(prompts[:batch])
+        embeds = pipe.encode_text(prompts[:batch], device=torch.device("cpu"))
     cfg = pipe.generator.config
     gen = torch.Generator().manual_seed(seed)
     gen_args = (
@@ -223,8 +238,8 @@ def export_onnx(
             f"export a float32 pipeline (got generator {pipe.generator.dtype}, text encoder {pipe.text_encoder.dtype}); "
             "the int8 variant is made by --int8"
         )
-    if isinstance(opset, bool) or not isinstance(opset, int) or opset < 17:
-        raise ValueError(f"opset must be an int >= 17, got {opset!r}")
+    if isinstance(opset, bool) or not isinstance(opset, int) or not 17 <= opset <= MAX_OPSET:
+        raise ValueError(f"opset must be an int in 17..{MAX_OPSET}, got {opset!r}")
     pipe = pipe.to("cpu")
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
@@ -251,7 +266,8 @@ def export_onnx(
             from .quantize import collect_generator_inputs, quantize_generator_int8
 
             prompts = calibration_prompts or default_prompts()
-            feeds = collect_generator_inputs(pipe, prompts, seed=calibration_seed)
+            with max_length_prompts(pipe):
+                feeds = collect_generator_inputs(pipe, prompts, seed=calibration_seed)
             int8_info = quantize_generator_int8(tmp / "generator" / "model.onnx", tmp / "generator" / "model.int8.onnx", feeds)
             int8_info["calibration_prompts"] = len(prompts)
             files["generator_int8"] = "generator/model.int8.onnx"

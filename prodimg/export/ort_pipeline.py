@@ -167,5 +167,6 @@ def load_onnx_pipeline(
     generator = OrtGenerator(make_session(path / files[key], num_threads, providers), gen_config)
     pipe = ProductImagePipeline(tokenizer=tokenizer, text_encoder=text_encoder, generator=generator, scheduler=scheduler)
     digest = _digest([path / files["text_encoder"], path / files[key]])
+    pipe.pad_prompts_to_max_length = True  # the ONNX text encoder's sequence length is fixed
     pipe.pipeline_id = f"{index['source_pipeline']}+onnx{'-int8' if int8 else ''}@{digest}"
     return pipe

@@ -222,7 +222,7 @@ def chaos_training(workdir: str | os.PathLike, kills: int = 20, seed: int = 0, s
                 partial = out / f".{checkpoint_name(target)}.incomplete" / "trainer.json"
                 hit = _wait_for(partial.exists, proc, timeout=300)
             else:
-                hit = _wait_for(lambda: _last_step_shown(log_path.read_text(errors="replace")) > resume_step,
+                hit = _wait_for(lambda lp=log_path, rs=resume_step: _last_step_shown(lp.read_text(errors="replace")) > rs,
                                 proc, timeout=300)
                 if hit:
                     time.sleep(rng.uniform(0.0, 1.5))
@@ -354,8 +354,8 @@ def chaos_catalog(workdir: str | os.PathLike, kills: int = 20, seed: int = 0, fi
         proc = subprocess.Popen(_catalog_cmd(fixture, out), env=_env(), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         try:
-            hit = _wait_for(lambda: (out / "images").is_dir()
-                            and len(list((out / "images").glob("*.png"))) > before, proc, timeout=300)
+            hit = _wait_for(lambda b=before: (out / "images").is_dir()
+                            and len(list((out / "images").glob("*.png"))) > b, proc, timeout=300)
             if hit:
                 time.sleep(rng.uniform(0.0, 0.3))
             _kill(proc)
