@@ -297,6 +297,23 @@ def verdict(rows: list[dict], first_split: str) -> list[str]:
     return lines
 
 
+def measure_speeds(settings, prompts: list[str], batch_size: int, rounds: int) -> list[dict]:
+    """images/s of each ``(system, pipe, steps, guidance)`` setting, the settings interleaved round by round
+    (so that other load on the machine falls on all alike); the median over rounds is reported."""
+    times: dict[int, list[float]] = {i: [] for i in range(len(settings))}
+    prompts = (prompts * batch_size)[:batch_size]
+    for r in range(rounds + 1):  # round 0 warms up
+        for i, (_, pipe, steps, guidance) in enumerate(settings):
+            gens = [torch.Generator().manual_seed(k) for k in range(batch_size)]
+            t0 = time.perf_counter()
+            pipe(prompts, generator=gens, num_inference_steps=steps, guidance_scale=guidance, output_type="np")
+            if r:
+                times[i].append(time.perf_counter() - t0)
+    return [{"system": system, "steps": steps, "guidance_scale": guidance,
+             "images_per_second": batch_size / float(np.median(times[i])), "rounds": rounds}
+            for i, (system, _, steps, guidance) in enumerate(settings)]
+
+
 # ------------------------------------------------------------------------------------------ main
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
@@ -327,6 +344,9 @@ def parse_args(argv=None):
     p.add_argument("--train", choices=("all", "gan", "baseline", "none"), default="all",
                    help="train both then evaluate (all), train one and stop, or only evaluate finished trainings")
     p.add_argument("--threads", type=int, default=None, help="torch threads of this process (default: torch's)")
+    p.add_argument("--speed_only", action="store_true",
+                   help="only measure sampling speed of every setting (interleaved rounds; run on an idle machine)")
+    p.add_argument("--speed_rounds", type=int, default=3)
     p.add_argument("--output_dir", default="runs/vs-diffusion")
     args = p.parse_args(argv)
     if args.budget_minutes <= 0:
@@ -380,6 +400,19 @@ def main(argv=None, feature_extractor=None) -> dict:
     rows = []
     settings = [("ours", ours, s, 1.0) for s in args.gan_steps]
     settings += [("diffusers DDIM", baseline, s, args.baseline_guidance_scale) for s in args.ddim_steps]
+    if args.speed_only:
+        speeds = measure_speeds(settings, splits[names[0]].captions[: args.batch_size], args.batch_size,
+                                args.speed_rounds)
+        lines = [(f"Sampling speed, batch {args.batch_size}, {torch.get_num_threads()} threads, median of "
+                  f"{args.speed_rounds} interleaved rounds:"), "", "| system | steps | guidance | images/s |",
+                 "|---|---|---|---|"]
+        lines += [f"| {r['system']} | {r['steps']} | {r['guidance_scale']:g} | {r['images_per_second']:.1f} |"
+                  for r in speeds]
+        text = "\n".join(lines) + "\n"
+        print(text, flush=True)
+        atomic_write_text(out / "speed.md", text)
+        atomic_write_text(out / "speed.json", json.dumps(speeds, indent=1))
+        return {"speeds": speeds}
     for system, pipe, steps, guidance in settings:
         name = f"{'ours' if system == 'ours' else 'ddim'}-{steps}"
         print(f"== evaluating {name}", flush=True)

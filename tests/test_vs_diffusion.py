@@ -70,6 +70,9 @@ def test_vs_diffusion_runs_end_to_end(setup):
     shutil.rmtree(out / "eval")
     again = bench.main(argv + ["--gan_steps", "4"], feature_extractor=TinyFeatures())  # --train all: reused
     assert again["baseline_training"] == result["baseline_training"]
+    speeds = bench.main(argv + ["--train", "none", "--speed_only", "--speed_rounds", "1"])["speeds"]
+    assert [(r["system"], r["steps"]) for r in speeds] == [("ours", 1), ("ours", 4), ("diffusers DDIM", 2)]
+    assert all(r["images_per_second"] > 0 for r in speeds) and (out / "speed.md").is_file()
 
 
 def test_baseline_pipeline_is_seeded_per_image(setup):
