@@ -13,9 +13,9 @@ import io
 import re
 from pathlib import Path
 
-DEFAULT_PIPELINE_NAME = "prodimg-fashion-32"
 from ..backends import BACKENDS, check_num_threads, load_pipeline
 
+DEFAULT_PIPELINE_NAME = "prodimg-fashion-32"
 BAD_ROW_ACTIONS = ("error", "skip")
 
 
