@@ -34,9 +34,7 @@ import logging
 import math
 import os
 import shutil
-import signal
 import tempfile
-import threading
 import time
 import traceback
 import urllib.parse
@@ -52,6 +50,8 @@ from hypothesis import HealthCheck, Phase, Verbosity, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 from hypothesis.errors import UnsatisfiedAssumption
+
+from . import time_limit as _time_limit
 
 SURFACES = ("pipeline", "cli", "loader", "http")
 TIME_LIMITS = {"pipeline": 60.0, "cli": 240.0, "loader": 60.0, "http": 60.0}
@@ -144,27 +144,9 @@ class CaseTimeout(BaseException):
     """Raised by the per-case alarm (a BaseException, so that no ``except Exception`` swallows it)."""
 
 
-@contextlib.contextmanager
 def time_limit(seconds: float | None):
     """Raise :class:`CaseTimeout` in the main thread after ``seconds`` (a no-op in other threads)."""
-    if (
-        not seconds
-        or not hasattr(signal, "setitimer")
-        or threading.current_thread() is not threading.main_thread()
-    ):
-        yield
-        return
-
-    def _alarm(signum, frame):
-        raise CaseTimeout(f"the case ran past its {seconds:g} s time limit")
-
-    previous = signal.signal(signal.SIGALRM, _alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+    return _time_limit(seconds, lambda message: CaseTimeout(f"the case {message}"))
 
 
 _NOISY_LOGGERS = (

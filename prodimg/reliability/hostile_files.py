@@ -24,10 +24,8 @@ import json
 import os
 import pickle
 import shutil
-import signal
 import struct
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +34,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..safety import UnsafePipelineError
+from . import time_limit
 
 GENERATOR_WEIGHTS = "generator/diffusion_pytorch_model.safetensors"
 TEXT_ENCODER_WEIGHTS = "text_encoder/model.safetensors"
@@ -879,25 +878,6 @@ def build_hostile_corpus(root: Path, base_pipeline_dir: Path) -> list[HostileCas
 
 # ============================================================================================ the check
 @contextlib.contextmanager
-def _time_limit(seconds: float) -> Iterator[None]:
-    """Raise ``HostileFileBreach`` if the block runs longer than ``seconds`` (POSIX main thread only)."""
-    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def on_alarm(signum, frame):
-        raise HostileFileBreach(f"loading hung for more than {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-@contextlib.contextmanager
 def _record_calls(owner, attr: str, calls: list[str]) -> Iterator[None]:
     original = getattr(owner, attr)
 
@@ -965,7 +945,7 @@ def check_hostile_case(case: HostileCase) -> tuple[bool, str]:
     loader: list[str] = []
     err: BaseException | None = None
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_time_limit(LOAD_TIME_LIMIT))
+        stack.enter_context(time_limit(LOAD_TIME_LIMIT, lambda m: HostileFileBreach(f"loading {m}")))
         stack.enter_context(_record_calls(torch, "load", unpickled))
         stack.enter_context(_record_calls(pickle, "load", unpickled))
         stack.enter_context(_record_calls(pickle, "loads", unpickled))
