@@ -141,6 +141,15 @@ def test_resume_matches_an_uninterrupted_run(data, tmp_path, monkeypatch):
     assert summary["global_step"] == 4 and summary["images_seen"] == 16
 
 
+def test_time_budget_stops_and_saves(data, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-datasets"))
+    out = tmp_path / "budget"
+    assert clip_main(tiny_args(data, out, steps=1000, max_train_seconds=1e-9, train_time_clock="cpu")) == 0
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["global_step"] == 0 and (out / "text_encoder" / "config.json").is_file()
+
+
 def test_bad_arguments_exit_2(data, tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
         clip_main(tiny_args(data, tmp_path / "x", patch_size=5))
