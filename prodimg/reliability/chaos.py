@@ -157,9 +157,11 @@ def _final_files(out: Path, steps: int) -> dict[str, bytes]:
     return files
 
 
-def chaos_training(workdir: str | os.PathLike, kills: int = 20, seed: int = 0, steps: int = 40,
+def chaos_training(workdir: str | os.PathLike, kills: int = 20, seed: int = 0, steps: int | None = None,
                    interval: int = 4, checkpoint_kill_every: int = 3, fixture: Path | None = None,
                    log=print) -> dict[str, Any]:
+    """``steps`` of training (default: 10 per kill, so that the run outlasts the kills)."""
+    steps = steps or max(40, 10 * kills)
     from ..training.checkpointing import (
         SLEEP_ENV,
         checkpoint_name,
@@ -279,9 +281,9 @@ def chaos_training(workdir: str | os.PathLike, kills: int = 20, seed: int = 0, s
 
 
 # ------------------------------------------------------------------------------------------ catalogue
-def _catalog_cmd(fixture: Path, out: Path) -> list[str]:
+def _catalog_cmd(fixture: Path, prompts: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "prodimg.cli", "generate", "--pipeline", str(fixture / "pipe"),
-            "--prompts", str(fixture / "prompts.jsonl"), "--out", str(out), "-n", "2", "--batch_size", "4",
+            "--prompts", str(prompts), "--out", str(out), "-n", "2", "--batch_size", "4",
             "--num_threads", "1", "--seed", "0", "--no_progress"]
 
 
@@ -330,17 +332,23 @@ def _tree_bytes(out: Path) -> dict[str, bytes]:
 
 
 def chaos_catalog(workdir: str | os.PathLike, kills: int = 20, seed: int = 0, fixture: Path | None = None,
-                  log=print) -> dict[str, Any]:
+                  rows: int | None = None, log=print) -> dict[str, Any]:
+    """``rows`` prompts (default: 24 per kill, so that the run outlasts the kills)."""
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     fixture = fixture or make_fixture(work / "fixture")
-    rows = len((fixture / "prompts.jsonl").read_text().splitlines())
+    base = (fixture / "prompts.jsonl").read_text().splitlines()
+    rows = rows or max(len(base), 24 * kills)
+    prompts = work / "prompts.jsonl"
+    texts = [json.loads(line)["text"] for line in base]
+    prompts.write_text("".join(json.dumps({"text": f"{texts[i % len(texts)]}, v{i // len(texts)}"}) + "\n"
+                               for i in range(rows)))
     rng = random.Random(seed)
     report: dict[str, Any] = {"kills": 0, "rows": rows, "images_per_row": 2, "failures": []}
     started = time.perf_counter()
     ref = work / "catalog-reference"
     shutil.rmtree(ref, ignore_errors=True)
-    done = subprocess.run(_catalog_cmd(fixture, ref), env=_env(), capture_output=True, timeout=600, check=False)
+    done = subprocess.run(_catalog_cmd(fixture, prompts, ref), env=_env(), capture_output=True, timeout=600, check=False)
     if done.returncode != 0:
         report["failures"].append(f"reference run exited {done.returncode}: {done.stderr.decode()[-2000:]}")
         return report
@@ -351,7 +359,7 @@ def chaos_catalog(workdir: str | os.PathLike, kills: int = 20, seed: int = 0, fi
     while report["kills"] < kills and attempt < 4 * kills + 10:
         attempt += 1
         before = len(list((out / "images").glob("*.png"))) if (out / "images").is_dir() else 0
-        proc = subprocess.Popen(_catalog_cmd(fixture, out), env=_env(), stdout=subprocess.DEVNULL,
+        proc = subprocess.Popen(_catalog_cmd(fixture, prompts, out), env=_env(), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         try:
             hit = _wait_for(lambda b=before: (out / "images").is_dir()
@@ -371,7 +379,7 @@ def chaos_catalog(workdir: str | os.PathLike, kills: int = 20, seed: int = 0, fi
             report["failures"].append(f"kill {report['kills']}: truncated images visible: {bad[:5]}")
         n = len(list((out / "images").glob("*.png")))
         log(f"  catalogue kill {report['kills']}/{kills}: {n} images on disk")
-    done = subprocess.run(_catalog_cmd(fixture, out), env=_env(), capture_output=True, timeout=600, check=False)
+    done = subprocess.run(_catalog_cmd(fixture, prompts, out), env=_env(), capture_output=True, timeout=600, check=False)
     if done.returncode != 0:
         report["failures"].append(f"final rerun exited {done.returncode}: {done.stderr.decode()[-2000:]}")
     else:
