@@ -216,13 +216,15 @@ def chaos_training(workdir: str | os.PathLike, kills: int = 20, seed: int = 0, s
             else:
                 env[SLEEP_ENV] = f"{target}:600"
         log_path = work / f"launch-{attempt:03d}.log"
+        launched_at = time.time()
         with open(log_path, "wb") as f:
             proc = subprocess.Popen([sys.executable, str(TRAIN_SCRIPT), *training_argv(fixture, out, steps, interval)],
                                     env=env, stdout=f, stderr=subprocess.STDOUT)
         try:
             if during_write:
                 partial = out / f".{checkpoint_name(target)}.incomplete" / "trainer.json"
-                hit = _wait_for(partial.exists, proc, timeout=300)
+                # A killed earlier launch may have left this partial write behind: wait for this launch's.
+                hit = _wait_for(lambda p=partial: p.exists() and p.stat().st_mtime >= launched_at, proc, timeout=300)
             else:
                 hit = _wait_for(lambda lp=log_path, rs=resume_step: _last_step_shown(lp.read_text(errors="replace")) > rs,
                                 proc, timeout=300)
