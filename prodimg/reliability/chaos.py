@@ -224,7 +224,7 @@ def chaos_training(workdir: str | os.PathLike, kills: int = 20, seed: int = 0, s
             if during_write:
                 partial = out / f".{checkpoint_name(target)}.incomplete" / "trainer.json"
                 # A killed earlier launch may have left this partial write behind: wait for this launch's.
-                hit = _wait_for(lambda p=partial: p.exists() and p.stat().st_mtime >= launched_at, proc, timeout=300)
+                hit = _wait_for(lambda p=partial, t=launched_at: p.exists() and p.stat().st_mtime >= t, proc, timeout=300)
             else:
                 hit = _wait_for(lambda lp=log_path, rs=resume_step: _last_step_shown(lp.read_text(errors="replace")) > rs,
                                 proc, timeout=300)
