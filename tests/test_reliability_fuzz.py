@@ -473,3 +473,17 @@ FOUND_CASES.append(
 def test_found_cases_are_now_documented_refusals(ctx, surface, case):
     outcome = run_case(surface, ctx, case)
     assert outcome.kind == "expected", outcome
+
+
+def test_huge_int_captions_do_not_break_the_in_memory_fixture(ctx):
+    """Found by the 10,000-case loader run: the harness itself could not store an int caption outside int64."""
+    case = {
+        "image_repr": "path", "source": "memory", "junk_lines": [(6, b"\xef\xbb\xbf{}"), (5, b"[1, 2]")],
+        "options": {"max_image_pixels": 600, "split": "train", "min_image_size": 1, "image_column": "image",
+                    "decode_check": True, "max_bad_fraction": 0.0, "caption_column": "text", "skip_bad": True,
+                    "validate": True, "max_samples": None},
+        "extra_files": ["sub/metadata.jsonl", "stray.png"], "caption_type": "int",
+        "rows": [{"file_name": "ok", "size": (2, 20), "image": "truncated",
+                  "caption": ("int", -1051561579417119855613067657216)}],
+    }
+    assert run_case("loader", ctx, case).kind != "unexpected"

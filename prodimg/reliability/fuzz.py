@@ -1552,10 +1552,12 @@ def build_table(folder: Path, case: dict):
         elif ctype == "list":
             items = value if isinstance(value, list) else [] if tag == "empty_list" else [value]
             captions.append([_table_text(v if isinstance(v, str) else str(v)) for v in items])
-        elif ctype == "int":
-            captions.append(value if isinstance(value, int) and not isinstance(value, bool) else i)
+        elif ctype == "int":  # an int64 column: a drawn int outside its range cannot be stored (not a loader case)
+            ok = isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
+            captions.append(value if ok else i)
         elif ctype == "float":
-            captions.append(float(value) if isinstance(value, (int, float)) else i / 3)
+            ok = isinstance(value, float) or isinstance(value, int) and abs(value) < 2**1000
+            captions.append(float(value) if ok else i / 3)
         else:
             captions.append(bool(i % 2))
     caption_feature = {
