@@ -88,6 +88,7 @@ def run_single(opts) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from prodimg.training.gan import GANTrainer, build_parser
+    from prodimg.training.sampler import endless_batches
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -121,7 +122,7 @@ def run_single(opts) -> dict:
         args = build_parser().parse_args(argv)
         trainer = GANTrainer(args)
         device = trainer.device
-        batches = trainer._micro_batches()
+        batches = endless_batches(trainer.loader, trainer.sampler, trainer.state)
         fetched = [next(batches) for _ in range(2)]  # the dataset is two batches: reuse them
 
         def step(i: int, r1: bool) -> float:
