@@ -122,6 +122,11 @@ def test_eval_command_end_to_end(eval_fixtures, fake_inception, tmp_path, capsys
             assert f"{key}/{split}" in m, key
     for key in ("clip_score", "color_accuracy", "category_accuracy"):
         assert key in m  # over both splits
+    # Diversity: 8 seeds for each of the first split's prompts with distinct labels, against real images.
+    div = report["diversity"]
+    assert div["split"] == "test" and div["seeds_per_prompt"] == 8 and div["real_grouped_by"] == ["category", "color", "pattern"]
+    assert m["diversity_groups"] == len(div["prompts"]) >= 2
+    assert 0 < m["diversity"] < 1 and 0 <= m["diversity_min_pair"] <= m["diversity"]
     assert all(isinstance(v, float) and np.isfinite(v) for v in m.values())
     assert 0 <= m["color_accuracy"] <= 1 and m["fid/test"] >= 0
     assert report["sampling"]["images_per_second"] > 0 and report["sampling"]["batch_size"] == 3

@@ -30,7 +30,7 @@ def random_spd(rng, d, scale=1.0):
 
 
 def test_registry_lists_all_metrics():
-    assert {"fid", "kid", "precision_recall", "clip_score", "color_accuracy", "category_accuracy"} <= set(
+    assert {"fid", "kid", "precision_recall", "clip_score", "color_accuracy", "category_accuracy", "diversity"} <= set(
         list_metrics()
     )
     assert list_metrics() == sorted(list_metrics())
@@ -341,3 +341,42 @@ def test_color_accuracy_uses_measure_color_by_default():
         image[8:24, 10:22] = BASIC_COLORS[name]  # a flat garment on a white backdrop
     ctx = EvalContext(generated_images=images, attributes={"color": ["red", "blue", "green"]})
     assert get_metric("color_accuracy").compute(ctx) == {"color_accuracy": pytest.approx(2 / 3)}
+
+
+# ---- diversity ----------------------------------------------------------------------------------
+
+
+def test_diversity_collapsed_vs_varied_and_real_reference():
+    rng = np.random.default_rng(0)
+    varied = rng.integers(0, 256, (6, 4, 4, 3), dtype=np.uint8)
+    collapsed = np.repeat(varied[:1], 3, axis=0)
+    images = np.concatenate([collapsed, varied[3:]])  # prompt 0: one image three times; prompt 1: three different
+    groups = [0, 0, 0, 1, 1, 1]
+    real = np.concatenate([varied[:3], varied[:3]])
+    out = get_metric("diversity").compute(EvalContext(
+        generated_images=images, attributes={"group": groups}, real_images=real,
+        real_attributes={"group": ["a"] * 3 + ["b", "c", "d"]},  # only "a" has two or more real images
+    ))
+    # Uniform random bytes differ by about 1/3 of the range on average; identical images by 0.
+    pair = np.abs(varied[3:].astype(float)[:, None] - varied[3:].astype(float)[None]).mean(axis=(2, 3, 4)) / 255
+    assert out["diversity"] == pytest.approx((0 + pair[np.triu_indices(3, 1)].mean()) / 2)
+    assert out["diversity_min_pair"] == 0.0 and out["diversity_groups"] == 2
+    assert out["diversity_real_groups"] == 1 and 0.25 < out["diversity_real"] < 0.45
+    assert out["diversity_ratio"] == pytest.approx(out["diversity"] / out["diversity_real"])
+    # max_per_group caps the images used per group
+    capped = get_metric("diversity", max_per_group=2).compute(EvalContext(generated_images=images, attributes={"group": groups}))
+    assert capped["diversity_min_pair"] == 0.0 and "diversity_real" not in capped
+
+
+def test_diversity_errors():
+    images = np.zeros((3, 4, 4, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"attributes\['group'\]"):
+        get_metric("diversity").compute(EvalContext(generated_images=images))
+    with pytest.raises(ValueError, match="at least one group with two or more"):
+        get_metric("diversity").compute(EvalContext(generated_images=images, attributes={"group": [0, 1, 2]}))
+    with pytest.raises(ValueError, match="max_per_group"):
+        get_metric("diversity", max_per_group=1)
+    with pytest.raises(ValueError, match=r"real_attributes\['group'\]. has 2 entries but there are 3 real images"):
+        EvalContext(generated_images=images, real_images=images, real_attributes={"group": [0, 1]})
+    with pytest.raises(ValueError, match="needs `real_images`"):
+        EvalContext(generated_images=images, real_attributes={"group": [0, 1, 2]})

@@ -33,6 +33,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="attribute classifier folder (default: the shipped prodimg/assets/attribute_classifier)")
     p.add_argument("--metrics", default=None,
                    help=f"comma-separated subset of {','.join(ALL_METRICS)} (default: all that apply)")
+    p.add_argument("--diversity_prompts", type=int, default=16,
+                   help="diversity: prompts of the first split, each with distinct labels (default 16)")
+    p.add_argument("--diversity_seeds", type=int, default=8, help="diversity: seeds per prompt (default 8)")
     p.add_argument("--image_column", default="image")
     p.add_argument("--caption_column", default="text")
     p.add_argument("--output_dir", default="outputs/eval", help="where report.json and grid.png go (default outputs/eval)")
@@ -54,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         steps=args.steps, guidance_scale=args.guidance_scale, clip_model=args.clip_model, classifier=args.classifier,
         metrics=metrics, output_dir=args.output_dir, seed=args.seed, device=args.device,
         image_column=args.image_column, caption_column=args.caption_column, backend=args.backend, int8=args.int8,
-        num_threads=args.num_threads,
+        num_threads=args.num_threads, diversity_prompts=args.diversity_prompts, diversity_seeds=args.diversity_seeds,
     )
     print(json.dumps(report["metrics"], indent=1))
     for name, reason in report["skipped"].items():

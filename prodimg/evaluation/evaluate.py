@@ -8,6 +8,10 @@ size). Metrics come from the :mod:`prodimg.metrics` registry:
   against the same rows' real images (real Inception features cached on disk per
   dataset/split/resolution/count by ``prodimg.metrics``), ``clip_score``, and the attribute
   accuracies;
+- ``diversity`` (first split): ``diversity_seeds`` images, one seed each, for each of the split's
+  first ``diversity_prompts`` captions with distinct labels; the mean pairwise pixel distance
+  within a prompt, against the same figure for the split's real images that share all labels
+  (:mod:`prodimg.metrics.diversity`);
 - over all evaluated splits together (``"<metric>"``): ``clip_score``, ``color_accuracy``
   (``measure_color``), ``category_accuracy`` and, when the classifier marks its pattern head
   reliable, ``pattern_accuracy`` (the attribute classifier of :mod:`.classifier`; its own test
@@ -42,7 +46,7 @@ REPORT_FILE = "report.json"
 GRID_FILE = "grid.png"
 INCEPTION_METRICS = ("fid", "kid", "precision_recall")
 ALL_METRICS = ("fid", "kid", "precision_recall", "clip_score", "color_accuracy", "category_accuracy",
-               "pattern_accuracy")
+               "pattern_accuracy", "diversity")
 
 
 def _print(message: str) -> None:
@@ -148,6 +152,8 @@ def evaluate(
     device: str | torch.device = "cpu",
     output_dir: str | os.PathLike | None = None,
     extra: dict | None = None,
+    diversity_prompts: int = 16,
+    diversity_seeds: int = 8,
 ) -> dict[str, Any]:
     """Generate for every split, compute ``metrics``, write ``report.json`` + ``grid.png`` (if
     ``output_dir``) and return the report. ``feature_extractor``: any callable
@@ -160,6 +166,9 @@ def evaluate(
         raise ValueError(f"unknown metric(s) {sorted(unknown)}; choose from {list(ALL_METRICS)}")
     if not splits:
         raise ValueError("no split to evaluate")
+    if "diversity" in metrics and (diversity_prompts < 1 or diversity_seeds < 2):
+        raise ValueError(f"diversity needs >= 1 prompt and >= 2 seeds, got {diversity_prompts} prompts and "
+                         f"{diversity_seeds} seeds")
     results: dict[str, float] = {}
     skipped: dict[str, str] = {}
     timings: dict[str, float] = {}
@@ -300,6 +309,18 @@ def evaluate(
             results.update({k.replace("category_accuracy", metric_name, 1): v for k, v in values.items()})
             timings[metric_name] = time.perf_counter() - t0
 
+    # 5. Diversity: several seeds of one prompt, on the first split.
+    if "diversity" in metrics:
+        t0 = time.perf_counter()
+        name, data = next(iter(splits.items()))
+        values, info = _diversity(pipeline, data, diversity_prompts, diversity_seeds, batch_size, seed,
+                                  num_inference_steps, guidance_scale, label=f" [{name}, diversity]")
+        results.update(values)
+        diversity_info = {"split": name, **info}
+        timings["diversity"] = time.perf_counter() - t0
+    else:
+        diversity_info = None
+
     report: dict[str, Any] = {
         "metrics": dict(sorted(results.items())),
         "skipped": skipped,
@@ -309,6 +330,7 @@ def evaluate(
         "seed": seed,
         "classifier": classifier_info,
         "timings_seconds": timings,
+        **({"diversity": diversity_info} if diversity_info else {}),
         **(extra or {}),
     }
     if output_dir is not None:
@@ -323,6 +345,38 @@ def evaluate(
         atomic_write_text(out / REPORT_FILE, json.dumps(report, indent=1, default=float))
         _print(f"wrote {out / REPORT_FILE} and {out / GRID_FILE}")
     return report
+
+
+def _label_key(data: LabeledSplit, i: int) -> tuple:
+    return tuple(data.labels[c][i] for c in sorted(data.labels)) or (data.captions[i],)
+
+
+def _diversity(pipeline, data: LabeledSplit, num_prompts: int, num_seeds: int, batch_size: int, seed: int,
+               num_inference_steps: int | None, guidance_scale: float, label: str = "") -> tuple[dict, dict]:
+    """Generate ``num_seeds`` images for each of the first ``num_prompts`` captions with distinct labels
+    (image ``j`` of a prompt: seed ``seed + 1_000_000 + its index``) and score them with the
+    ``diversity`` metric, the split's real images grouped by their labels as the reference."""
+    from ..metrics import EvalContext, get_metric
+
+    rows, seen = [], set()
+    for i in range(len(data)):
+        key = _label_key(data, i)
+        if key not in seen:
+            seen.add(key)
+            rows.append(i)
+        if len(rows) == num_prompts:
+            break
+    captions = [data.captions[i] for i in rows for _ in range(num_seeds)]
+    images, _ = generate_for_captions(pipeline, captions, batch_size, seed + 1_000_000, num_inference_steps,
+                                      guidance_scale, label=label)
+    groups = [r for r in rows for _ in range(num_seeds)]
+    real_groups = [_label_key(data, i) for i in range(len(data))]
+    ctx = EvalContext(generated_images=images, attributes={"group": groups}, real_images=data.images,
+                      real_attributes={"group": real_groups})
+    values = get_metric("diversity", max_per_group=num_seeds).compute(ctx)
+    info = {"prompts": [data.captions[i] for i in rows], "seeds_per_prompt": num_seeds,
+            "real_grouped_by": sorted(data.labels) or ["caption"]}
+    return values, info
 
 
 def run_eval(
@@ -347,6 +401,8 @@ def run_eval(
     backend: str = "pytorch",
     int8: bool = False,
     num_threads: int | None = None,
+    diversity_prompts: int = 16,
+    diversity_seeds: int = 8,
 ) -> dict[str, Any]:
     """Load everything ``prodimg eval`` names and :func:`evaluate`. ``split``: one name or a comma list;
     ``backend``/``int8``/``num_threads`` as for ``prodimg generate`` (an ONNX export on onnxruntime)."""
@@ -380,7 +436,7 @@ def run_eval(
     return evaluate(pipe, splits, dataset_id=dataset_identity(dataset), batch_size=batch_size, seed=seed,
                     num_inference_steps=steps, guidance_scale=guidance_scale, metrics=metrics,
                     feature_extractor=feature_extractor, cache_dir=cache_dir, device=device, output_dir=output_dir,
-                    extra=extra, **judges)
+                    extra=extra, diversity_prompts=diversity_prompts, diversity_seeds=diversity_seeds, **judges)
 
 
 def load_judges(metrics: Sequence[str], *, clip_model: str | None = None, classifier: str | None = None,

@@ -16,7 +16,7 @@ the real images) are reused by FID, KID and precision/recall::
     json.dumps(results)  # plain floats, JSON-serialisable
 
 Registered names: ``fid``, ``kid``, ``precision_recall``, ``clip_score``, ``color_accuracy``,
-``category_accuracy`` (see :func:`list_metrics`). A new metric is a class decorated with
+``category_accuracy``, ``diversity`` (see :func:`list_metrics`). A new metric is a class decorated with
 ``@register_metric("name")`` in its own module, imported at the bottom of this file.
 """
 
@@ -92,4 +92,4 @@ def list_metrics() -> list[str]:
 
 
 # Importing the metric modules registers them.
-from . import attributes, clip_score, fid, precision_recall  # noqa: F401
+from . import attributes, clip_score, diversity, fid, precision_recall  # noqa: F401

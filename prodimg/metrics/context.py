@@ -99,6 +99,8 @@ class EvalContext:
     - ``prompts``: N strings (CLIP score).
     - ``attributes``: optional columns of length N, e.g. ``"color"`` (names or ClassLabel ids),
       ``"category"``, ``"subset"`` (e.g. ``"seen"`` / ``"heldout"`` composition pairs).
+    - ``real_attributes``: optional columns of length M, aligned with ``real_images`` (e.g.
+      ``"group"`` for the diversity metric's real reference).
 
     Cached features, keyed ``"<extractor>/<which>"`` (``"inception/generated"``,
     ``"inception/real"``): filled on first use; a caller may pre-fill them (e.g. features
@@ -117,6 +119,7 @@ class EvalContext:
     real_images: np.ndarray | None = None
     prompts: Sequence[str] | None = None
     attributes: dict[str, Sequence[Any]] = field(default_factory=dict)
+    real_attributes: dict[str, Sequence[Any]] = field(default_factory=dict)
     features: dict[str, np.ndarray] = field(default_factory=dict)
     real_stats_key: RealStatsKey | None = None
     cache_dir: str | os.PathLike | None = None
@@ -139,6 +142,13 @@ class EvalContext:
             self._check_column_length("prompts", self.prompts)
         for name, column in self.attributes.items():
             self._check_column_length(f"attributes[{name!r}]", column)
+        if self.real_attributes and self.real_images is None:
+            raise ValueError("`real_attributes` needs `real_images` (its columns are aligned with them)")
+        for name, column in self.real_attributes.items():
+            if len(column) != len(self.real_images):
+                raise ValueError(
+                    f"`real_attributes[{name!r}]` has {len(column)} entries but there are {len(self.real_images)} real images"
+                )
 
     def _check_column_length(self, argument: str, column: Sequence[Any]) -> None:
         n = self.num_generated
