@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from prodimg.catalog_generation import (
@@ -215,3 +216,23 @@ def test_two_processes_write_the_same_bytes(reference, pipe_dir, prompts_csv, tm
     assert "on 2 process(es)" in res.stdout
     assert "row/s" in res.stderr  # the progress bar
     assert tree(out) == tree(reference)
+
+
+def test_dtype_option(pipe_dir, prompts_csv, tmp_path, capsys):
+    from prodimg.backends import load_pipeline
+
+    pipe = load_pipeline(str(pipe_dir), dtype="bfloat16")
+    assert {p.dtype for p in pipe.generator.parameters()} == {torch.bfloat16}
+    assert pipe.text_encoder.dtype == torch.bfloat16
+    for dtype, out in (("float32", tmp_path / "fp32"), ("bfloat16", tmp_path / "bf16")):
+        assert main(["generate", "red dress", "--pipeline", str(pipe_dir), "-n", "2", "-o", str(out), "--dtype", dtype]) == 0
+    a, b = (np.asarray(Image.open(d / "red-dress-seed0.png"), dtype=np.float32) for d in (tmp_path / "fp32", tmp_path / "bf16"))
+    assert a.shape == b.shape and np.abs(a - b).mean() < 8  # the same image up to bf16 rounding (0..255 scale)
+    capsys.readouterr()
+    assert main(["generate", "--prompts", str(prompts_csv), "--out", str(tmp_path / "cat"), "--pipeline", str(pipe_dir),
+                 "--dtype", "bfloat16"]) == 2
+    assert "catalogue mode (--prompts) runs in float32" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--dtype must be one of"):
+        load_pipeline(str(pipe_dir), dtype="float64")
+    with pytest.raises(ValueError, match="--dtype bfloat16 is for the pytorch backend"):
+        load_pipeline(str(pipe_dir), backend="onnxruntime", dtype="bfloat16")

@@ -7,7 +7,7 @@ import json
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from ..backends import BACKENDS
+    from ..backends import BACKENDS, DTYPES
     from ..evaluation.evaluate import ALL_METRICS
 
     p = subparsers.add_parser(
@@ -44,6 +44,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", choices=BACKENDS, default="pytorch",
                    help="pytorch, or onnxruntime with --pipeline a `prodimg export onnx` folder (default pytorch)")
     p.add_argument("--int8", action="store_true", help="onnxruntime backend: evaluate the export's int8 generator")
+    p.add_argument("--dtype", choices=DTYPES, default="float32",
+                   help="pytorch backend: the pipeline's weights and compute dtype (default float32)")
     p.add_argument("--num_threads", type=int, default=None, help="onnxruntime intra-op threads (default: its own)")
     p.set_defaults(func=run)
 
@@ -57,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         steps=args.steps, guidance_scale=args.guidance_scale, clip_model=args.clip_model, classifier=args.classifier,
         metrics=metrics, output_dir=args.output_dir, seed=args.seed, device=args.device,
         image_column=args.image_column, caption_column=args.caption_column, backend=args.backend, int8=args.int8,
-        num_threads=args.num_threads, diversity_prompts=args.diversity_prompts, diversity_seeds=args.diversity_seeds,
+        num_threads=args.num_threads, dtype=args.dtype, diversity_prompts=args.diversity_prompts, diversity_seeds=args.diversity_seeds,
     )
     print(json.dumps(report["metrics"], indent=1))
     for name, reason in report["skipped"].items():

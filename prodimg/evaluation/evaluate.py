@@ -401,11 +401,12 @@ def run_eval(
     backend: str = "pytorch",
     int8: bool = False,
     num_threads: int | None = None,
+    dtype: str = "float32",
     diversity_prompts: int = 16,
     diversity_seeds: int = 8,
 ) -> dict[str, Any]:
     """Load everything ``prodimg eval`` names and :func:`evaluate`. ``split``: one name or a comma list;
-    ``backend``/``int8``/``num_threads`` as for ``prodimg generate`` (an ONNX export on onnxruntime)."""
+    ``backend``/``int8``/``num_threads``/``dtype`` as for ``prodimg generate`` (an ONNX export on onnxruntime)."""
     from ..backends import load_pipeline
 
     if num_images < 2:
@@ -417,7 +418,7 @@ def run_eval(
         raise ValueError(f"--split must name one or more distinct splits, got {split!r}")
     metrics = list(metrics) if metrics else list(ALL_METRICS)
     started = time.perf_counter()
-    pipe = load_pipeline(pipeline, backend, device, int8, num_threads)
+    pipe = load_pipeline(pipeline, backend, device, int8, num_threads, dtype)
     pipe.set_progress_bar_config(disable=True)
     resolution = int(pipe.generator.config.sample_size)
     splits = {}
