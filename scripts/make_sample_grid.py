@@ -2,6 +2,8 @@
 
     python scripts/make_sample_grid.py                       # pipelines/prodimg-fashion-32 -> docs/images/default_samples.png
     python scripts/make_sample_grid.py --pipeline DIR --out grid.png --seed 0
+    python scripts/make_sample_grid.py --per_prompt 8 --columns 1 --out docs/images/default_seeds.png \
+        --prompts "red striped dress" "blue sneaker" "black leather bag"     # 8 seeds of each prompt
 """
 
 from __future__ import annotations
@@ -30,21 +32,26 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--per_prompt", type=int, default=2, help="images per prompt (seeds seed, seed+1, ...)")
     parser.add_argument("--scale", type=int, default=3, help="nearest-neighbour upscaling of each image")
+    parser.add_argument("--prompts", nargs="+", default=PROMPTS, help="prompts (default: the README's twelve)")
+    parser.add_argument("--columns", type=int, default=4, help="prompts per row of the grid")
     args = parser.parse_args()
+    if args.per_prompt < 1 or args.columns < 1 or args.scale < 1:
+        parser.error("--per_prompt, --columns and --scale must be >= 1")
 
     pipe = ProductImagePipeline.from_pretrained(args.pipeline, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
-    prompts = [p.replace(" (held-out pair)", "") for p in PROMPTS]
+    labels = list(args.prompts)
+    prompts = [p.replace(" (held-out pair)", "") for p in labels]
     gens = [torch.Generator().manual_seed(args.seed + j) for _ in prompts for j in range(args.per_prompt)]
     images = pipe(prompts, num_images_per_prompt=args.per_prompt, generator=gens).images
 
     size = images[0].width * args.scale
-    cell_w, text_h, cols = size * args.per_prompt + 8, 30, 4
-    rows = (len(PROMPTS) + cols - 1) // cols
+    cell_w, text_h, cols = size * args.per_prompt + 8, 30, min(args.columns, len(labels))
+    rows = (len(labels) + cols - 1) // cols
     grid = Image.new("RGB", (cols * cell_w, rows * (size + text_h)), "white")
     draw = ImageDraw.Draw(grid)
     font = ImageFont.load_default()
-    for i, prompt in enumerate(PROMPTS):
+    for i, prompt in enumerate(labels):
         x, y = (i % cols) * cell_w, (i // cols) * (size + text_h)
         for j in range(args.per_prompt):
             im = images[i * args.per_prompt + j].resize((size, size), Image.NEAREST)
