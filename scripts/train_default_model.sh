@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 RUN=${RUN:-runs/default-32}
 DATA=${DATA:-data/fashion-catalog-32}
 SEED=${SEED:-0}
-CLIP_STEPS=${CLIP_STEPS:-200}
+CLIP_STEPS=${CLIP_STEPS:-700}
 CLIP_BATCH=${CLIP_BATCH:-128}
 GAN_STEPS=${GAN_STEPS:-1000000}
 GAN_SECONDS=${GAN_SECONDS:-10800}
@@ -40,7 +40,7 @@ $LAUNCH train_scripts/train_clip.py \
   --dataset_name "$DATA" --resolution 32 --seed "$SEED" \
   --train_batch_size "$CLIP_BATCH" --max_train_steps "$CLIP_STEPS" --learning_rate 5e-4 --lr_warmup_steps 50 \
   --dataloader_num_workers "$WORKERS" --checkpointing_steps 100 --checkpoints_total_limit 2 \
-  --validation_steps 1000 --resume_from_checkpoint latest --report_to none --output_dir "$RUN/clip"
+  --validation_steps 350 --resume_from_checkpoint latest --report_to tensorboard --output_dir "$RUN/clip"
 
 # 3. Denoising GAN on the frozen text encoder, stopped at the deadline
 gan() {
