@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-from safetensors.torch import load_file
+from diffusers.training_utils import EMAModel
 from transformers import CLIPTextModelWithProjection
 
 from prodimg import DDGANScheduler, ProductGenerator, ProductImagePipeline
 from prodimg.text import load_clip_tokenizer
+from prodimg.training.checkpointing import checkpoint_problem
+from prodimg.training.state import load_state_files
 
 
 def main() -> None:
@@ -31,19 +32,14 @@ def main() -> None:
     args = parser.parse_args()
 
     ckpt = Path(args.checkpoint)
-    if not (ckpt / "checkpoint_complete.json").is_file():
-        parser.error(f"{ckpt} is not a complete checkpoint (no checkpoint_complete.json)")
+    problem = checkpoint_problem(ckpt)
+    if problem is not None:
+        parser.error(f"{ckpt} is not a complete checkpoint: {problem}")
+    # The trainer's own path: the EMA state of the checkpoint, copied into a fresh generator.
     generator = ProductGenerator.from_config(ProductGenerator.load_config(ckpt / "generator"))
-    ema = load_file(ckpt / "ema.safetensors")
-    params = list(generator.parameters())
-    if len(ema) != len(params):
-        parser.error(f"{ckpt / 'ema.safetensors'} holds {len(ema)} tensors; the generator config has {len(params)} parameters")
-    with torch.no_grad():
-        for i, p in enumerate(params):
-            shadow = ema[f"shadow_params.{i}"]
-            if shadow.shape != p.shape:
-                parser.error(f"EMA tensor {i} has shape {tuple(shadow.shape)}, the generator expects {tuple(p.shape)}")
-            p.copy_(shadow)
+    ema = EMAModel(generator.parameters())
+    ema.load_state_dict(load_state_files(ckpt, "ema"))
+    ema.copy_to(generator.parameters())
     text_encoder = CLIPTextModelWithProjection.from_pretrained(args.text_encoder, subfolder="text_encoder")
     pipe = ProductImagePipeline(
         tokenizer=load_clip_tokenizer(), text_encoder=text_encoder.eval(), generator=generator.eval(),
