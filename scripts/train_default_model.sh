@@ -9,6 +9,7 @@
 # Every stage is resumable: rerunning continues from the newest complete checkpoint. GAN_SECONDS
 # bounds the GAN's wall-clock time: the run is stopped at the deadline and the EMA generator of the
 # last complete checkpoint is saved as the pipeline. Configs: configs/default-32-{generator,discriminator}.json.
+# GAN_ARGS adds train_product_gan.py options (e.g. GAN_ARGS="--diffaugment color,translation").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +28,7 @@ CKPT_STEPS=${CKPT_STEPS:-500}
 FID_IMAGES=${FID_IMAGES:-0}
 SHIP=${SHIP:-pipelines/prodimg-fashion-32}
 PORT=${PORT:-29517}
+GAN_ARGS=${GAN_ARGS:-}
 LAUNCH="accelerate launch --num_processes 1 --num_machines 1 --mixed_precision $PRECISION --dynamo_backend no --main_process_port $PORT"
 
 # 1. Data
@@ -51,10 +53,10 @@ gan() {
     --dataloader_num_workers "$WORKERS" --checkpointing_steps "$CKPT_STEPS" --checkpoints_total_limit 2 \
     --validation_steps "$CKPT_STEPS" --validation_fid_num_images "$FID_IMAGES" \
     --embedding_cache_dir "$RUN/embedding-cache" --report_to tensorboard \
-    --resume_from_checkpoint latest --output_dir "$RUN/gan" "$@"
+    --resume_from_checkpoint latest --output_dir "$RUN/gan" $GAN_ARGS "$@"
 }
 set +e
-timeout --signal=TERM --kill-after=60 "$GAN_SECONDS" bash -c "$(declare -f gan); LAUNCH='$LAUNCH'; RUN='$RUN'; DATA='$DATA'; SEED='$SEED'; BATCH='$BATCH'; LR='$LR'; PRECISION='$PRECISION'; WORKERS='$WORKERS'; CKPT_STEPS='$CKPT_STEPS'; FID_IMAGES='$FID_IMAGES'; gan --max_train_steps $GAN_STEPS"
+timeout --signal=TERM --kill-after=60 "$GAN_SECONDS" bash -c "$(declare -f gan); LAUNCH='$LAUNCH'; RUN='$RUN'; DATA='$DATA'; SEED='$SEED'; BATCH='$BATCH'; LR='$LR'; PRECISION='$PRECISION'; WORKERS='$WORKERS'; CKPT_STEPS='$CKPT_STEPS'; FID_IMAGES='$FID_IMAGES'; GAN_ARGS='$GAN_ARGS'; gan --max_train_steps $GAN_STEPS"
 rc=$?
 set -e
 if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then

@@ -138,6 +138,15 @@ def test_eval_command_end_to_end(eval_fixtures, fake_inception, tmp_path, capsys
         assert "pattern_accuracy/test" in m
     else:
         assert "pattern_accuracy" in report["skipped"]
+    # Per class: the judge's confusion matrix for the generated images, beside its accuracy on the real ones.
+    for split, n in (("test", 8), ("test_unseen_pairs", 6)):
+        info = report["per_class"]["category"][split]
+        confusion = np.asarray(info["generated"]["confusion"])
+        assert confusion.sum() == n
+        assert np.trace(confusion) / n == pytest.approx(m[f"category_accuracy/{split}"])
+        assert set(info["real_accuracy"]) == set(info["generated"]["labels"]) == set(CATEGORY_NAMES)
+        assert 0 <= m[f"category_accuracy_real/{split}"] <= 1
+    assert "category [test] weakest classes:" in printed
     grid = Image.open(out / "grid.png")
     assert grid.size == (8 * 32, 2 * 1 * 32)  # 8 of 8 test images: one real row + one generated row, 2x upscaled
     assert len(report["grid"]["prompts"]) == 8

@@ -331,6 +331,27 @@ def test_attribute_errors():
         get_metric("category_accuracy").compute(bad)
 
 
+def test_per_class_accuracy_confusion():
+    from prodimg.metrics.attributes import per_class_accuracy, predict_labels
+
+    requested = ["bag", "bag", "bag", "shirt", "shirt", "dress"]
+    predicted = ["bag", "shirt", "shirt", "shirt", "dress", "bag"]
+    out = per_class_accuracy(predicted, requested, ["shirt", "bag", "dress", "coat"])
+    assert out["labels"] == ["shirt", "bag", "dress", "coat"]
+    assert out["confusion"] == [[1, 0, 1, 0], [2, 1, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0]]  # rows: requested
+    assert out["accuracy"] == {"shirt": 0.5, "bag": pytest.approx(1 / 3), "dress": 0.0, "coat": None}
+    assert out["most_confused_with"] == {"shirt": ["dress", 0.5], "bag": ["shirt", pytest.approx(2 / 3)],
+                                         "dress": ["bag", 1.0]}
+    assert json.loads(json.dumps(out)) == out
+    assert per_class_accuracy(["bag"], ["bag"], ["bag", "shirt"])["most_confused_with"] == {}
+    with pytest.raises(ValueError, match=r"\['hat'\] are not among the classes"):
+        per_class_accuracy(["hat"], ["bag"], ["bag"])
+    with pytest.raises(ValueError, match="2 predictions for 1 requested"):
+        per_class_accuracy(["bag", "bag"], ["bag"], ["bag"])
+    # numpy scalars from a classifier compare as the Python values they hold
+    assert predict_labels(lambda b: list(np.arange(len(b))), np.zeros((5, 2, 2, 3), np.uint8), 2) == [0, 1, 0, 1, 0]
+
+
 def test_color_accuracy_uses_measure_color_by_default():
     pytest.importorskip("prodimg.data.color_measure")
     from prodimg.data.colors import BASIC_COLORS

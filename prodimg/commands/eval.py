@@ -62,6 +62,16 @@ def run(args: argparse.Namespace) -> int:
         num_threads=args.num_threads, dtype=args.dtype, diversity_prompts=args.diversity_prompts, diversity_seeds=args.diversity_seeds,
     )
     print(json.dumps(report["metrics"], indent=1))
+    for head, by_split in report.get("per_class", {}).items():
+        for split, info in by_split.items():
+            gen, real = info["generated"], info["real_accuracy"]
+            rows = sorted((acc, cls) for cls, acc in gen["accuracy"].items() if acc is not None)[:3]
+            worst = "; ".join(
+                f"{cls} {acc:.0%} (real {real[cls]:.0%})"
+                + (f", mostly read as {gen['most_confused_with'][cls][0]}" if cls in gen["most_confused_with"] else "")
+                for acc, cls in rows
+            )
+            print(f"{head} [{split}] weakest classes: {worst}")
     for name, reason in report["skipped"].items():
         print(f"skipped {name}: {reason}")
     return 0

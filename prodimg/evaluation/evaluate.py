@@ -15,7 +15,11 @@ size). Metrics come from the :mod:`prodimg.metrics` registry:
 - over all evaluated splits together (``"<metric>"``): ``clip_score``, ``color_accuracy``
   (``measure_color``), ``category_accuracy`` and, when the classifier marks its pattern head
   reliable, ``pattern_accuracy`` (the attribute classifier of :mod:`.classifier`; its own test
-  accuracy is in the report, to read the generated images' accuracy against).
+  accuracy is in the report, to read the generated images' accuracy against);
+- for each attribute-classifier head: ``<head>_accuracy_real[/<split>]``, the judge's accuracy on the
+  same rows' real images (the ceiling for the generated figure), and under ``"per_class"`` the
+  per-class accuracy and confusion matrix of the generated images beside the real images' per-class
+  accuracy.
 
 A metric that cannot run (no CLIP judge, no ``color`` column, a classifier vocabulary that is not the
 dataset's, no Inception weights) is left out with its reason under ``"skipped"``. The report also
@@ -284,6 +288,7 @@ def evaluate(
                 results.update(get_metric("color_accuracy").compute(ctx))
                 timings["color_accuracy"] = time.perf_counter() - t0
     reliable = set((classifier_info or {}).get("reliable_heads", ["category"]))
+    per_class: dict[str, dict] = {}
     for head in ("category", "pattern"):
         metric_name = f"{head}_accuracy"
         if metric_name not in metrics:
@@ -307,6 +312,7 @@ def evaluate(
                               category_classifier=classifier.head_classifier(head), batch_size=256)
             values = get_metric("category_accuracy", column=head).compute(ctx)
             results.update({k.replace("category_accuracy", metric_name, 1): v for k, v in values.items()})
+            per_class[head] = _per_class(classifier, head, splits, generated, results)
             timings[metric_name] = time.perf_counter() - t0
 
     # 5. Diversity: several seeds of one prompt, on the first split.
@@ -331,6 +337,7 @@ def evaluate(
         "classifier": classifier_info,
         "timings_seconds": timings,
         **({"diversity": diversity_info} if diversity_info else {}),
+        **({"per_class": per_class} if per_class else {}),
         **(extra or {}),
     }
     if output_dir is not None:
@@ -345,6 +352,30 @@ def evaluate(
         atomic_write_text(out / REPORT_FILE, json.dumps(report, indent=1, default=float))
         _print(f"wrote {out / REPORT_FILE} and {out / GRID_FILE}")
     return report
+
+
+def _per_class(classifier, head: str, splits: dict[str, LabeledSplit], generated: dict[str, np.ndarray],
+               results: dict[str, float]) -> dict[str, dict]:
+    """Per split: where the judge puts the generated images of each requested class (confusion matrix,
+    per-class accuracy, most frequent wrong answer), and its per-class accuracy on the split's real
+    images, the ceiling the generated figure is read against. Adds ``<head>_accuracy_real[/<split>]``
+    to ``results``."""
+    from ..metrics.attributes import per_class_accuracy, predict_labels
+
+    judge = classifier.head_classifier(head)
+    names = classifier.label_names(head)
+    out, right, total = {}, 0, 0
+    for name, data in splits.items():
+        requested = data.labels[head]
+        real_pred = predict_labels(judge, data.images)
+        real = per_class_accuracy(real_pred, requested, names)
+        n_right = sum(p == r for p, r in zip(real_pred, requested))
+        results[f"{head}_accuracy_real/{name}"] = n_right / len(requested)
+        right, total = right + n_right, total + len(requested)
+        out[name] = {"generated": per_class_accuracy(predict_labels(judge, generated[name]), requested, names),
+                     "real_accuracy": real["accuracy"]}
+    results[f"{head}_accuracy_real"] = right / total
+    return out
 
 
 def _label_key(data: LabeledSplit, i: int) -> tuple:

@@ -94,15 +94,7 @@ class CategoryAccuracy(Metric):
         classifier = ctx.require("category_classifier", self.name)
         images = ctx.require("generated_images", self.name)
         requested = _requested_column(ctx, self.column, self.name)
-        predicted: list[Any] = []
-        for start in range(0, len(images), ctx.batch_size):
-            batch = images[start : start + ctx.batch_size]
-            labels = list(classifier(batch))
-            if len(labels) != len(batch):
-                raise ValueError(
-                    f"`category_classifier` returned {len(labels)} labels for {len(batch)} images"
-                )
-            predicted += labels
+        predicted = predict_labels(classifier, images, ctx.batch_size)
         correct = [_label(p) == _label(r) for p, r in zip(predicted, requested)]
         return accuracy_by_subset(correct, ctx.attributes.get(self.subset_column), "category_accuracy")
 
@@ -110,3 +102,46 @@ class CategoryAccuracy(Metric):
 def _label(value: Any) -> Any:
     # numpy / torch scalars compare like the Python value they hold.
     return value.item() if hasattr(value, "item") else value
+
+
+def predict_labels(classifier: Callable[[np.ndarray], Sequence[Any]], images: np.ndarray,
+                   batch_size: int = 256) -> list[Any]:
+    """``classifier`` over ``images`` in batches; one label per image, or a ValueError."""
+    predicted: list[Any] = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size]
+        labels = list(classifier(batch))
+        if len(labels) != len(batch):
+            raise ValueError(f"`category_classifier` returned {len(labels)} labels for {len(batch)} images")
+        predicted += [_label(v) for v in labels]
+    return predicted
+
+
+def per_class_accuracy(predicted: Sequence[Any], requested: Sequence[Any], names: Sequence[Any]) -> dict[str, Any]:
+    """Where a classifier's answers go, class by class.
+
+    Returns ``{"labels": names, "confusion": rows = requested class, columns = predicted class
+    (counts), "accuracy": {name: fraction right, or None when the class was never requested},
+    "most_confused_with": {name: [other name, fraction of that class's images]} }``.
+    """
+    names = [_label(n) for n in names]
+    if len(predicted) != len(requested):
+        raise ValueError(f"{len(predicted)} predictions for {len(requested)} requested labels")
+    index = {n: i for i, n in enumerate(names)}
+    unknown = sorted({str(_label(v)) for v in [*predicted, *requested]} - {str(n) for n in names})
+    if unknown:
+        raise ValueError(f"labels {unknown[:5]} are not among the classes {names}")
+    confusion = np.zeros((len(names), len(names)), dtype=np.int64)
+    for p, r in zip(predicted, requested):
+        confusion[index[_label(r)], index[_label(p)]] += 1
+    accuracy: dict[str, float | None] = {}
+    confused: dict[str, list] = {}
+    for i, name in enumerate(names):
+        total = int(confusion[i].sum())
+        accuracy[str(name)] = float(confusion[i, i] / total) if total else None
+        off = confusion[i].copy()
+        off[i] = 0
+        if total and off.max() > 0:
+            j = int(off.argmax())
+            confused[str(name)] = [names[j], float(off[j] / total)]
+    return {"labels": names, "confusion": confusion.tolist(), "accuracy": accuracy, "most_confused_with": confused}
