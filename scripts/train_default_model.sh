@@ -28,8 +28,10 @@ CKPT_STEPS=${CKPT_STEPS:-500}
 FID_IMAGES=${FID_IMAGES:-0}
 SHIP=${SHIP:-pipelines/prodimg-fashion-32}
 PORT=${PORT:-29517}
+# accelerate launch starts a process without --cpu with OMP_NUM_THREADS=1 unless told otherwise: use every core.
+THREADS=${THREADS:-$(nproc)}
 GAN_ARGS=${GAN_ARGS:-}
-LAUNCH="accelerate launch --num_processes 1 --num_machines 1 --mixed_precision $PRECISION --dynamo_backend no --main_process_port $PORT"
+LAUNCH="accelerate launch --num_processes 1 --num_machines 1 --mixed_precision $PRECISION --dynamo_backend no --main_process_port $PORT --num_cpu_threads_per_process $THREADS"
 
 # 1. Data
 if [ ! -f "$DATA/dataset_dict.json" ]; then
