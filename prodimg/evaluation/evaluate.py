@@ -369,7 +369,7 @@ def _per_class(classifier, head: str, splits: dict[str, LabeledSplit], generated
         requested = data.labels[head]
         real_pred = predict_labels(judge, data.images)
         real = per_class_accuracy(real_pred, requested, names)
-        n_right = sum(p == r for p, r in zip(real_pred, requested))
+        n_right = int(np.trace(real["confusion"]))
         results[f"{head}_accuracy_real/{name}"] = n_right / len(requested)
         right, total = right + n_right, total + len(requested)
         out[name] = {"generated": per_class_accuracy(predict_labels(judge, generated[name]), requested, names),
