@@ -122,6 +122,23 @@ def test_identity_hashes(tokenizer):
     assert tokenizer_fingerprint(t2) != tokenizer_fingerprint(tokenizer)
 
 
+def test_tokenizer_fingerprint_ignores_call_state(tokenizer, tmp_path):
+    """A tokenizer used with truncation/padding (and saved so: tokenizer.json keeps that state) still
+    hits the cache written for the fresh one; a changed vocabulary does not."""
+    key = tokenizer_fingerprint(tokenizer)
+    used = load_clip_tokenizer()
+    used(["a red tee"] * 2, padding="max_length", max_length=77, truncation=True)
+    used.backend_tokenizer.enable_truncation(max_length=12)
+    used.backend_tokenizer.enable_padding(length=12)
+    assert tokenizer_fingerprint(used) == key
+    used.save_pretrained(tmp_path)
+    assert '"truncation": {' in (tmp_path / "tokenizer.json").read_text()
+    reloaded = type(tokenizer).from_pretrained(tmp_path)
+    assert tokenizer_fingerprint(reloaded) == key
+    reloaded.add_tokens(["zzzproductword"])
+    assert tokenizer_fingerprint(reloaded) != key
+
+
 def test_truncation_is_logged_and_bad_input(tokenizer, caplog):
     cache = PromptEmbeddingCache(tiny_encoder(), tokenizer)
     long = " ".join(["red silk scarf"] * 40)

@@ -79,7 +79,15 @@ def tokenizer_fingerprint(tokenizer) -> str:
     h.update(type(tokenizer).__name__.encode())
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        h.update(backend.to_str().encode())
+        # Without the backend's truncation/padding state: it is whatever the last call left there (and
+        # is saved into tokenizer.json by save_pretrained), while the cache always tokenizes with
+        # explicit settings. A tokenizer with neither set hashes exactly as before.
+        from tokenizers import Tokenizer
+
+        stateless = Tokenizer.from_str(backend.to_str())
+        stateless.no_truncation()
+        stateless.no_padding()
+        h.update(stateless.to_str().encode())
     else:
         h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
         ranks = getattr(tokenizer, "bpe_ranks", None)
