@@ -718,3 +718,34 @@ def test_parser_uses_diffusers_flag_names():
         assert name in flags, name
     assert "accelerate launch train_scripts/train_product_gan.py" in SCRIPT.read_text()
     assert GANTrainer.__doc__
+
+
+def test_rng_state_from_another_device_type_reseeds_deterministically(caplog):
+    """A checkpoint written on a GPU (16-byte Philox generator state) resumes on the CPU: the generator
+    is reseeded from the saved state with a warning, the same way each time, instead of failing."""
+    import logging
+
+    from prodimg.training.state import capture_rng_state, restore_rng_state
+
+    state = capture_rng_state({"train": torch.Generator().manual_seed(0)})
+    state["generators"]["train"] = torch.arange(16, dtype=torch.uint8)  # what a CUDA generator saves
+    draws = []
+    for _ in range(2):
+        g = torch.Generator().manual_seed(123)
+        with caplog.at_level(logging.WARNING, logger="prodimg.training.state"):
+            restore_rng_state(state, {"train": g})
+        draws.append(torch.rand(4, generator=g))
+    assert torch.equal(draws[0], draws[1])
+    assert not torch.equal(draws[0], torch.rand(4, generator=torch.Generator().manual_seed(123)))
+    assert "another device type" in caplog.text
+    state["generators"]["train"] = torch.arange(17, dtype=torch.uint8) * 0 + 7
+    other = torch.Generator().manual_seed(123)
+    restore_rng_state(state, {"train": other})
+    assert not torch.equal(torch.rand(4, generator=other), draws[0])
+    # a state of the right size is restored exactly, as before
+    g = torch.Generator().manual_seed(5)
+    same = capture_rng_state({"train": g})
+    expected = torch.rand(3, generator=g)
+    fresh = torch.Generator()
+    restore_rng_state(same, {"train": fresh})
+    assert torch.equal(torch.rand(3, generator=fresh), expected)

@@ -12,7 +12,9 @@ untrusted place cannot run code.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import logging
 import os
 import random
 import time
@@ -24,6 +26,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..utils import atomic_write_bytes
+
+logger = logging.getLogger(__name__)
 
 _TENSOR = "__tensor__"
 _TUPLE = "__tuple__"
@@ -145,7 +149,20 @@ def restore_rng_state(state: dict[str, Any], generators: dict[str, torch.Generat
     for name, g in (generators or {}).items():
         if name not in saved:
             raise ValueError(f"the checkpoint has no state for the random generator {name!r}")
-        g.set_state(saved[name].cpu())
+        s = saved[name].cpu()
+        if s.numel() != g.get_state().numel():
+            # Written by a generator of another device type (a CUDA Philox state is 16 bytes, a CPU
+            # Mersenne Twister state 5,056): continuing a GPU run on the CPU or the reverse. The stream
+            # cannot carry over; seed this one from the saved state, so the resumed run is still a
+            # deterministic function of the checkpoint.
+            seed = int.from_bytes(hashlib.sha256(s.numpy().tobytes()).digest()[:8], "little")
+            logger.warning(
+                f"random generator {name!r}: the checkpoint's state ({s.numel()} bytes) is for another "
+                f"device type than {g.device.type!r}; reseeded from it (the run continues, not bit for bit)"
+            )
+            g.manual_seed(seed)
+            continue
+        g.set_state(s)
 
 
 class Deadline:
