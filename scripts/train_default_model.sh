@@ -5,11 +5,14 @@
 #
 #   bash scripts/train_default_model.sh                 # CPU, hours
 #   CLIP_STEPS=2500 CLIP_BATCH=512 GAN_SECONDS=1800 BATCH=256 WORKERS=8 bash scripts/train_default_model.sh   # one GPU
+#   GAN_STEPS=21000 GAN_SECONDS=100000 FT_STEPS=4195 bash scripts/train_default_model.sh   # the shipped recipe
 #
 # Every stage is resumable: rerunning continues from the newest complete checkpoint. GAN_SECONDS
 # bounds the GAN's wall-clock time: the run is stopped at the deadline and the EMA generator of the
 # last complete checkpoint is saved as the pipeline. Configs: configs/default-32-{generator,discriminator}.json.
 # GAN_ARGS adds train_product_gan.py options (e.g. GAN_ARGS="--diffaugment color,translation").
+# FT_STEPS > 0 adds a stage 3b: fine-tune the stage-3 pipeline (its EMA generator and its discriminator)
+# at batch FT_BATCH (default 256) for FT_STEPS steps into $RUN/gan-ft, and ship that instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +34,9 @@ PORT=${PORT:-29517}
 # accelerate launch starts a process without --cpu with OMP_NUM_THREADS=1 unless told otherwise: use every core.
 THREADS=${THREADS:-$(nproc)}
 GAN_ARGS=${GAN_ARGS:-}
+FT_STEPS=${FT_STEPS:-0}
+FT_BATCH=${FT_BATCH:-256}
+FT_SECONDS=${FT_SECONDS:-1000000}
 LAUNCH="accelerate launch --num_processes 1 --num_machines 1 --mixed_precision $PRECISION --dynamo_backend no --main_process_port $PORT --num_cpu_threads_per_process $THREADS"
 
 # 1. Data
@@ -70,8 +76,22 @@ elif [ "$rc" != 0 ]; then
   exit "$rc"
 fi
 
+# 3b. Optional fine-tune at a larger batch, from the stage-3 pipeline (resumable; stops at FT_STEPS or FT_SECONDS)
+FINAL="$RUN/gan"
+if [ "$FT_STEPS" -gt 0 ]; then
+  $LAUNCH train_scripts/train_product_gan.py \
+    --pretrained_model_name_or_path "$RUN/gan" --dataset_name "$DATA" --resolution 32 --seed "$SEED" \
+    --train_batch_size "$FT_BATCH" --learning_rate "$LR" --mixed_precision "$PRECISION" \
+    --dataloader_num_workers "$WORKERS" --checkpointing_steps "$CKPT_STEPS" --checkpoints_total_limit 2 \
+    --validation_steps "$CKPT_STEPS" --validation_fid_num_images "$FID_IMAGES" \
+    --embedding_cache_dir "$RUN/embedding-cache" --report_to tensorboard \
+    --max_train_steps "$FT_STEPS" --max_train_seconds "$FT_SECONDS" \
+    --resume_from_checkpoint latest --output_dir "$RUN/gan-ft" $GAN_ARGS
+  FINAL="$RUN/gan-ft"
+fi
+
 # 4. Ship: fp16 weights in save_pretrained layout
-python - "$RUN/gan" "$SHIP" <<'PY'
+python - "$FINAL" "$SHIP" <<'PY'
 import sys, torch
 from prodimg import ProductImagePipeline
 from prodimg.utils import atomic_directory
