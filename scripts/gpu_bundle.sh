@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Pack what stage 3b of train_default_model.sh (the batch-256 fine-tune) needs on a GPU machine with no
+# network and a small transfer limit, into one folder (about 50 MB), with the script that runs it there:
+#
+#   RUN=runs/default-32-v2 BUNDLE=.gpu_bundle bash scripts/gpu_bundle.sh      # here
+#   SECS=370 bash .gpu_bundle/run.sh                                           # there, from the repo root
+#
+# - Fashion-MNIST's IDX files, xz-compressed (the catalogue is rebuilt there byte-identically: same seed);
+# - RUN/gan's pipeline (EMA generator, discriminator, scheduler, tokenizer) with a transport copy of the text
+#   encoder whose token-embedding rows that no catalogue caption, validation prompt or "" uses are zeroed, so
+#   they compress away (109 of 49,408 rows are used): every caption the trainer encodes gets the same
+#   embedding as with the full encoder. The fine-tuned generator is paired with the full encoder afterwards.
+# - wheels of diffusers, datasets, dill and multiprocess, the versions installed here (the GPU image has
+#   torch, transformers and accelerate).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUN=${RUN:-runs/default-32}
+BUNDLE=${BUNDLE:-.gpu_bundle}
+FMNIST_DIR=${FMNIST_DIR:-/usr/share/datasets/fashion-mnist}
+DATA=${DATA:-data/fashion-catalog-32}
+rm -rf "$BUNDLE"; mkdir -p "$BUNDLE/fmnist" "$BUNDLE/whl"
+for stem in train-images-idx3-ubyte t10k-images-idx3-ubyte; do
+  zcat "$FMNIST_DIR/$stem.gz" | xz -9 -T0 > "$BUNDLE/fmnist/$stem.xz"
+done
+cp "$FMNIST_DIR"/*labels-idx1-ubyte.gz "$BUNDLE/fmnist/"
+for pkg in diffusers datasets dill multiprocess; do
+  python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    -d "$BUNDLE/whl" "$pkg==$(python -c "import importlib.metadata as m; print(m.version('$pkg'))")"
+done
+python - "$RUN/gan" "$DATA" "$BUNDLE/pipe" <<'PY'
+import json, shutil, sys
+from pathlib import Path
+import datasets, torch
+from safetensors.torch import load_file, save_file
+from transformers import CLIPTokenizer
+from prodimg.training.gan import DEFAULT_VALIDATION_PROMPTS
+src, data, dst = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+for sub in ["generator", "discriminator", "scheduler", "tokenizer", "text_encoder"]:
+    shutil.copytree(src / sub, dst / sub)
+shutil.copy(src / "model_index.json", dst)
+tok = CLIPTokenizer.from_pretrained(src / "tokenizer")
+texts = [t for split in datasets.load_from_disk(data).values() for t in split["text"]]
+texts += ["", *DEFAULT_VALIDATION_PROMPTS]
+used = set()
+for i in range(0, len(texts), 4096):
+    batch = tok(texts[i : i + 4096], padding="max_length", max_length=tok.model_max_length, truncation=True)
+    for ids in batch["input_ids"]:
+        used.update(ids)
+weights = dst / "text_encoder" / "model.safetensors"
+# in fp16 like the shipped encoder (half the transfer); run.sh casts it back to float32
+sd = {k: v.half() if v.is_floating_point() else v for k, v in load_file(weights).items()}
+(key,) = [k for k in sd if k.endswith("token_embedding.weight")]
+keep = torch.zeros(sd[key].shape[0], dtype=torch.bool)
+keep[sorted(used)] = True
+sd[key][~keep] = 0
+save_file(sd, str(weights), metadata={"format": "pt"})
+cfg_path = dst / "text_encoder" / "config.json"
+cfg = json.loads(cfg_path.read_text())
+cfg["dtype"] = "float16"
+cfg_path.write_text(json.dumps(cfg, indent=2))
+print(f"text encoder: {int(keep.sum())} of {keep.numel()} token-embedding rows kept")
+PY
+xz -9 -T0 "$BUNDLE/pipe/text_encoder/model.safetensors"
+cp scripts/gpu_bundle_run.sh "$BUNDLE/run.sh"
+du -sh "$BUNDLE"

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine, from the repository root, as BUNDLE/run.sh (scripts/gpu_bundle.sh copies it there):
+# installs the carried wheels, rebuilds the catalogue, restores the pipeline, runs the batch-256 fine-tune
+# (train_default_model.sh's stage 3b: the same train_product_gan.py arguments) until STEPS or SECS, and packs
+# the result into OUT: final.tar (EMA pipeline without the text encoder, logs, samples) and the last
+# checkpoint in 15 MB parts (ckpt.tar.part-*). Here: mkdir -p RUN/gan-ft && tar -C RUN/gan-ft -xf final.tar,
+# copy RUN/gan/text_encoder next to it, and `cat ckpt.tar.part-* | tar -C RUN/gan-ft -xf -` to continue.
+set -uo pipefail
+B=$(cd "$(dirname "$0")" && pwd)
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+OUT=${OUT:-/tmp/gpu_bundle_out}; W=${W:-/tmp/gpu_bundle_work}
+SECS=${SECS:-1000000}; STEPS=${STEPS:-1000000}; BATCH=${BATCH:-256}; CKPT=${CKPT:-2000}
+WORKERS=${WORKERS:-8}; DW=${DW:-16}; INSTALL=${INSTALL:-1}
+mkdir -p "$OUT"; rm -rf "$W"; mkdir -p "$W/src"
+t0=$(date +%s); el() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
+if [ "$INSTALL" = 1 ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$B"/whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+fi
+python3 -c "import torch, diffusers, datasets, transformers, accelerate, prodimg; print('torch', torch.__version__, torch.cuda.is_available(), 'diffusers', diffusers.__version__, 'datasets', datasets.__version__, 'transformers', transformers.__version__, 'accelerate', accelerate.__version__)" || exit 1
+el data
+cp "$B"/fmnist/*.gz "$W/src/"; for f in "$B"/fmnist/*.xz; do xz -dc "$f" > "$W/src/$(basename "$f" .xz)"; done
+python3 -m prodimg.cli build-dataset fashion-catalog --out "$W/data" --resolution 32 --seed 0 --num_workers "$DW" --source_dir "$W/src" 2>&1 | grep -v Saving || exit 1
+sha256sum "$W/data/train/data-00000-of-00001.arrow"
+el pipe
+cp -r "$B/pipe" "$W/pipe"; xz -d "$W/pipe/text_encoder/model.safetensors.xz"
+python3 - "$W/pipe/text_encoder" <<'PY' || exit 1
+# The shipped encoder is fp16; train with its weights in float32, as the CPU stages did.
+import json, sys
+from safetensors.torch import load_file, save_file
+d = sys.argv[1]
+save_file({k: v.float() for k, v in load_file(f"{d}/model.safetensors").items()}, f"{d}/model.safetensors", metadata={"format": "pt"})
+cfg = json.load(open(f"{d}/config.json")); cfg["dtype"] = "float32"; json.dump(cfg, open(f"{d}/config.json", "w"), indent=2)
+PY
+el train
+accelerate launch --num_processes 1 --num_machines 1 --mixed_precision bf16 --dynamo_backend no --num_cpu_threads_per_process 4 \
+  train_scripts/train_product_gan.py --pretrained_model_name_or_path "$W/pipe" --dataset_name "$W/data" --resolution 32 --seed 0 \
+  --train_batch_size "$BATCH" --learning_rate 2e-4 --mixed_precision bf16 --dataloader_num_workers "$WORKERS" \
+  --checkpointing_steps "$CKPT" --checkpoints_total_limit 1 --validation_steps "$CKPT" --validation_fid_num_images 0 \
+  --report_to tensorboard --max_train_steps "$STEPS" --max_train_seconds "$SECS" --output_dir "$W/gan" ${EXTRA:-} > "$OUT/train.log" 2>&1
+rc=$?
+el "train rc=$rc"
+grep -v "it/s\]$" "$OUT/train.log" | tail -40
+cat "$W/gan/training_summary.json"
+tar -C "$W/gan" -cf "$OUT/final.tar" --exclude text_encoder --exclude 'checkpoint-*' .
+ckpt=$(ls -d "$W"/gan/checkpoint-* 2>/dev/null | sort -V | tail -1)
+[ -n "$ckpt" ] && tar -C "$W/gan" -cf - "$(basename "$ckpt")" | split -b 15M - "$OUT/ckpt.tar.part-"
+ls -la "$OUT"; el done
+exit "$rc"
