@@ -5,7 +5,8 @@
 #   RUN=runs/default-32-v2 BUNDLE=.gpu_bundle bash scripts/gpu_bundle.sh      # here
 #   SECS=370 bash .gpu_bundle/run.sh                                           # there, from the repo root
 #
-# - Fashion-MNIST's IDX files, xz-compressed (the catalogue is rebuilt there byte-identically: same seed);
+# - Fashion-MNIST's IDX files, xz-compressed (the catalogue is rebuilt there with the same seed; rebuilt
+#   here from these files it is byte-identical to data/fashion-catalog-32);
 # - RUN/gan's pipeline (EMA generator, discriminator, scheduler, tokenizer) with a transport copy of the text
 #   encoder whose token-embedding rows that no catalogue caption, validation prompt or "" uses are zeroed, so
 #   they compress away (109 of 49,408 rows are used): every caption the trainer encodes gets the same

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine, from the repository root, as BUNDLE/run.sh (scripts/gpu_bundle.sh copies it there):
 # installs the carried wheels, rebuilds the catalogue, restores the pipeline, runs the batch-256 fine-tune
-# (train_default_model.sh's stage 3b: the same train_product_gan.py arguments) until STEPS or SECS, and packs
+# (the settings of train_default_model.sh's stage 3b, without its embedding cache) until STEPS or SECS, and packs
 # the result into OUT: final.tar (EMA pipeline without the text encoder, logs, samples) and the last
 # checkpoint in 15 MB parts (ckpt.tar.part-*). Here: mkdir -p RUN/gan-ft && tar -C RUN/gan-ft -xf final.tar,
 # copy RUN/gan/text_encoder next to it, and `cat ckpt.tar.part-* | tar -C RUN/gan-ft -xf -` to continue.
