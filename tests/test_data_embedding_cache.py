@@ -109,6 +109,32 @@ def test_save_load_roundtrip_and_key(tokenizer, tmp_path):
         other.load(path)
 
 
+def test_packed_table_serves_the_same_rows(tokenizer, tmp_path):
+    """After pack() a batch is one indexed read of the table: the same values as the per-row path,
+    new captions still work (from their own rows), and the cache still saves and reloads."""
+    encoder = tiny_encoder(CLIPTextModelWithProjection)
+    cache = PromptEmbeddingCache(encoder, tokenizer, cache_dir=tmp_path)
+    cache.precompute(CAPTIONS)
+    before = cache.encode(CAPTIONS[::-1])
+    table = cache.pack()
+    assert table.prompt_embeds.shape == (4, 77, 32) and table.pooled_prompt_embeds.shape == (4, 16)
+    after = cache.encode(CAPTIONS[::-1])
+    for a, b in zip(vars(before).values(), vars(after).values()):
+        assert torch.equal(a, b)
+    # rows are views of the table: no second copy is kept
+    row = cache._rows["grey chinos"][0]
+    assert row.untyped_storage().data_ptr() == table.prompt_embeds.untyped_storage().data_ptr()
+    assert cache.nbytes == sum(t.numel() * t.element_size() for t in vars(table).values())
+    mixed = cache.encode(["grey chinos", "a caption added after pack"])
+    assert cache.num_encoded == 5 and torch.equal(mixed.prompt_embeds[0], after.prompt_embeds[1])
+    cache.save()
+    reloaded = PromptEmbeddingCache(encoder, tokenizer, cache_dir=tmp_path)
+    assert len(reloaded) == 5
+    assert torch.equal(reloaded.encode(["grey chinos"]).prompt_embeds[0], after.prompt_embeds[1])
+    with pytest.raises(ValueError, match="empty"):
+        PromptEmbeddingCache(encoder, tokenizer).pack()
+
+
 def test_identity_hashes(tokenizer):
     a, b = tiny_encoder(seed=0), tiny_encoder(seed=0)
     assert text_encoder_fingerprint(a) == text_encoder_fingerprint(b)

@@ -116,6 +116,13 @@ def _pooled(output) -> torch.Tensor:
     return pooled
 
 
+def _stack_to(rows: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """``torch.stack(rows)`` on ``device``: stacked where the rows are, then moved in one copy."""
+    if len({r.device for r in rows}) > 1:
+        rows = [r.to(device) for r in rows]
+    return torch.stack(rows).to(device).contiguous()
+
+
 class PromptEmbeddingCache:
     """Encode each distinct caption once with a frozen text encoder and serve the stored result.
 
@@ -150,6 +157,9 @@ class PromptEmbeddingCache:
             f"{self.encoder_key}|{self.tokenizer_key}|{self.max_length}".encode()
         ).hexdigest()
         self._rows: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        # set by pack(): every row stacked into one table per field, and each caption's row number
+        self._table: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._index: dict[str, int] = {}
         self.num_encoded = 0  # captions run through the encoder by this object (not loaded)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         if self.cache_dir is not None and self.cache_path.exists():
@@ -164,6 +174,11 @@ class PromptEmbeddingCache:
 
     def __len__(self) -> int:
         return len(self._rows)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the cached embeddings (what :meth:`pack` would put on a device)."""
+        return sum(t.numel() * t.element_size() for row in self._rows.values() for t in row)
 
     def __contains__(self, caption: str) -> bool:
         return caption in self._rows
@@ -227,13 +242,34 @@ class PromptEmbeddingCache:
         if not captions:
             raise ValueError("captions must not be empty")
         self.precompute(captions)
-        rows = [self._rows[c] for c in captions]
-        out = PromptEmbeddings(
-            torch.stack([r[0] for r in rows]),
-            torch.stack([r[1] for r in rows]),
-            torch.stack([r[2] for r in rows]),
-        )
+        if self._table is not None and all(c in self._index for c in captions):
+            table = self._table
+            index = torch.tensor([self._index[c] for c in captions], dtype=torch.long).to(table[0].device)
+            out = PromptEmbeddings(*(t.index_select(0, index) for t in table))
+        else:
+            rows = [self._rows[c] for c in captions]
+            target = device if device is not None else rows[0][0].device
+            out = PromptEmbeddings(*(torch.stack([r[k].to(target) for r in rows]) for k in range(3)))
         return out.to(device) if device is not None else out
+
+    def pack(self, device: torch.device | str | None = None) -> PromptEmbeddings:
+        """Stack every cached row into one table per field on ``device`` (default: where they are).
+
+        Afterwards :meth:`encode` gathers a batch with one indexed read on that device instead of
+        stacking per-caption rows on the host and copying them over: on a GPU the whole cache stays
+        resident (``len(cache) * max_length * D * 4`` bytes) and a training step moves only the
+        caption indices. The rows become views of the table (the old row storage is released). Captions
+        added later are served from their own rows until the next ``pack``. Returns the table.
+        """
+        captions = list(self._rows)
+        if not captions:
+            raise ValueError("the cache is empty; nothing to pack")
+        target = torch.device(device) if device is not None else self._rows[captions[0]][0].device
+        table = tuple(_stack_to([self._rows[c][k] for c in captions], target) for k in range(3))
+        self._rows = {c: (table[0][i], table[1][i], table[2][i]) for i, c in enumerate(captions)}
+        self._table = table
+        self._index = {c: i for i, c in enumerate(captions)}
+        return PromptEmbeddings(*table)
 
     __call__ = encode
 
@@ -249,9 +285,8 @@ class PromptEmbeddingCache:
         if not captions:
             raise ValueError("the cache is empty; nothing to save")
         tensors = {
-            "prompt_embeds": torch.stack([self._rows[c][0] for c in captions]).contiguous(),
-            "attention_mask": torch.stack([self._rows[c][1] for c in captions]).contiguous(),
-            "pooled_prompt_embeds": torch.stack([self._rows[c][2] for c in captions]).contiguous(),
+            name: torch.stack([self._rows[c][k].cpu() for c in captions]).contiguous()
+            for k, name in enumerate(("prompt_embeds", "attention_mask", "pooled_prompt_embeds"))
         }
         metadata = {
             "format": CACHE_FORMAT,
