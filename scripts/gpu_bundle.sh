@@ -1,21 +1,25 @@
 #!/usr/bin/env bash
-# Pack what stage 3b of train_default_model.sh (the batch-256 fine-tune) needs on a GPU machine with no
-# network and a small transfer limit, into one folder (about 50 MB), with the script that runs it there:
+# Pack what stage 3b or 3c of train_default_model.sh (the batch-256 and batch-1024 fine-tunes) needs on a GPU
+# machine with no network and a small transfer limit, into one folder (about 50 MB), with the script that runs
+# it there:
 #
-#   RUN=runs/default-32-v2 BUNDLE=.gpu_bundle bash scripts/gpu_bundle.sh      # here
+#   RUN=runs/default-32-v2 BUNDLE=.gpu_bundle bash scripts/gpu_bundle.sh      # here (stage 3b: from RUN/gan)
 #   SECS=370 bash .gpu_bundle/run.sh                                           # there, from the repo root
+#   PIPE=runs/default-32-v2/gan-ft bash scripts/gpu_bundle.sh                  # stage 3c: from 3b's result,
+#   SECS=430 BATCH=1024 WORKERS=10 CKPT=1000 bash .gpu_bundle/run.sh           # at batch 1024
 #
 # - Fashion-MNIST's IDX files, xz-compressed (the catalogue is rebuilt there with the same seed; rebuilt
 #   here from these files it is byte-identical to data/fashion-catalog-32);
-# - RUN/gan's pipeline (EMA generator, discriminator, scheduler, tokenizer) with a transport copy of the text
-#   encoder whose token-embedding rows that no catalogue caption, validation prompt or "" uses are zeroed, so
-#   they compress away (109 of 49,408 rows are used): every caption the trainer encodes gets the same
-#   embedding as with the full encoder. The fine-tuned generator is paired with the full encoder afterwards.
+# - PIPE's pipeline (default RUN/gan: EMA generator, discriminator, scheduler, tokenizer) with a transport
+#   copy of the text encoder whose token-embedding rows that no catalogue caption, validation prompt or ""
+#   uses are zeroed, so they compress away (109 of 49,408 rows are used): every caption the trainer encodes
+#   gets the same embedding as with the full encoder. The fine-tuned generator is paired with the full encoder afterwards.
 # - wheels of diffusers, datasets, dill and multiprocess, the versions installed here (the GPU image has
 #   torch, transformers and accelerate).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${RUN:-runs/default-32}
+PIPE=${PIPE:-$RUN/gan}
 BUNDLE=${BUNDLE:-.gpu_bundle}
 FMNIST_DIR=${FMNIST_DIR:-/usr/share/datasets/fashion-mnist}
 DATA=${DATA:-data/fashion-catalog-32}
@@ -29,7 +33,7 @@ for pkg in diffusers datasets dill multiprocess; do
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     -d "$BUNDLE/whl" "$pkg==$(python -c "import importlib.metadata as m; print(m.version('$pkg'))")"
 done
-python - "$RUN/gan" "$DATA" "$BUNDLE/pipe" <<'PY'
+python - "$PIPE" "$DATA" "$BUNDLE/pipe" <<'PY'
 import json, shutil, sys
 from pathlib import Path
 import datasets, torch

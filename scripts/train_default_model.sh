@@ -5,7 +5,7 @@
 #
 #   bash scripts/train_default_model.sh                 # CPU, hours
 #   CLIP_STEPS=2500 CLIP_BATCH=512 GAN_SECONDS=1800 BATCH=256 WORKERS=8 bash scripts/train_default_model.sh   # one GPU
-#   GAN_STEPS=21000 GAN_SECONDS=100000 FT_STEPS=4195 bash scripts/train_default_model.sh   # the shipped recipe
+#   GAN_STEPS=21000 GAN_SECONDS=100000 FT_STEPS=4195 FT2_STEPS=3189 FT2_MERGE=0.5 bash scripts/train_default_model.sh   # the shipped recipe
 #
 # Every stage is resumable: rerunning continues from the newest complete checkpoint. GAN_SECONDS
 # bounds the GAN's wall-clock time: the run is stopped at the deadline and the EMA generator of the
@@ -13,6 +13,9 @@
 # GAN_ARGS adds train_product_gan.py options (e.g. GAN_ARGS="--diffaugment color,translation").
 # FT_STEPS > 0 adds a stage 3b: fine-tune the stage-3 pipeline (its EMA generator and its discriminator)
 # at batch FT_BATCH (default 256) for FT_STEPS steps into $RUN/gan-ft, and ship that instead.
+# FT2_STEPS > 0 adds a stage 3c: the same from the previous stage's pipeline at FT2_BATCH (default 1024)
+# into $RUN/gan-ft2; with FT2_MERGE=ALPHA the shipped generator is (1 - ALPHA) * start + ALPHA * fine-tune
+# (prodimg.training.merge, WiSE-FT) in $RUN/gan-ft2-merged.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,6 +40,10 @@ GAN_ARGS=${GAN_ARGS:-}
 FT_STEPS=${FT_STEPS:-0}
 FT_BATCH=${FT_BATCH:-256}
 FT_SECONDS=${FT_SECONDS:-1000000}
+FT2_STEPS=${FT2_STEPS:-0}
+FT2_BATCH=${FT2_BATCH:-1024}
+FT2_SECONDS=${FT2_SECONDS:-1000000}
+FT2_MERGE=${FT2_MERGE:-}
 LAUNCH="accelerate launch --num_processes 1 --num_machines 1 --mixed_precision $PRECISION --dynamo_backend no --main_process_port $PORT --num_cpu_threads_per_process $THREADS"
 
 # 1. Data
@@ -76,18 +83,32 @@ elif [ "$rc" != 0 ]; then
   exit "$rc"
 fi
 
-# 3b. Optional fine-tune at a larger batch, from the stage-3 pipeline (resumable; stops at FT_STEPS or FT_SECONDS)
-FINAL="$RUN/gan"
-if [ "$FT_STEPS" -gt 0 ]; then
+# 3b/3c. Optional fine-tunes at larger batches, each from the previous stage's pipeline (its EMA generator and
+# discriminator, fresh optimizers; resumable; each stops at its STEPS or SECONDS)
+finetune() {  # SRC DST STEPS BATCH SECONDS
   $LAUNCH train_scripts/train_product_gan.py \
-    --pretrained_model_name_or_path "$RUN/gan" --dataset_name "$DATA" --resolution 32 --seed "$SEED" \
-    --train_batch_size "$FT_BATCH" --learning_rate "$LR" --mixed_precision "$PRECISION" \
+    --pretrained_model_name_or_path "$1" --dataset_name "$DATA" --resolution 32 --seed "$SEED" \
+    --train_batch_size "$4" --learning_rate "$LR" --mixed_precision "$PRECISION" \
     --dataloader_num_workers "$WORKERS" --checkpointing_steps "$CKPT_STEPS" --checkpoints_total_limit 2 \
     --validation_steps "$CKPT_STEPS" --validation_fid_num_images "$FID_IMAGES" \
     --embedding_cache_dir "$RUN/embedding-cache" --report_to tensorboard \
-    --max_train_steps "$FT_STEPS" --max_train_seconds "$FT_SECONDS" \
-    --resume_from_checkpoint latest --output_dir "$RUN/gan-ft" $GAN_ARGS
+    --max_train_steps "$3" --max_train_seconds "$5" \
+    --resume_from_checkpoint latest --output_dir "$2" $GAN_ARGS
+}
+FINAL="$RUN/gan"
+if [ "$FT_STEPS" -gt 0 ]; then
+  finetune "$FINAL" "$RUN/gan-ft" "$FT_STEPS" "$FT_BATCH" "$FT_SECONDS"
   FINAL="$RUN/gan-ft"
+fi
+if [ "$FT2_STEPS" -gt 0 ]; then
+  finetune "$FINAL" "$RUN/gan-ft2" "$FT2_STEPS" "$FT2_BATCH" "$FT2_SECONDS"
+  if [ -n "$FT2_MERGE" ]; then
+    # WiSE-FT: average the fine-tune's generator with its start's (weight FT2_MERGE on the fine-tune)
+    python -m prodimg.training.merge "$FINAL" "$RUN/gan-ft2" --alpha "$FT2_MERGE" --out "$RUN/gan-ft2-merged"
+    FINAL="$RUN/gan-ft2-merged"
+  else
+    FINAL="$RUN/gan-ft2"
+  fi
 fi
 
 # 4. Ship: fp16 weights in save_pretrained layout
