@@ -117,10 +117,11 @@ def _pooled(output) -> torch.Tensor:
 
 
 def _stack_to(rows: list[torch.Tensor], device: torch.device) -> torch.Tensor:
-    """``torch.stack(rows)`` on ``device``: stacked where the rows are, then moved in one copy."""
+    """``torch.stack(rows)`` on ``device``: stacked where the rows are, then moved in one copy (rows
+    on several devices, as after a ``pack`` and new captions, are moved one by one first)."""
     if len({r.device for r in rows}) > 1:
         rows = [r.to(device) for r in rows]
-    return torch.stack(rows).to(device).contiguous()
+    return torch.stack(rows).to(device)
 
 
 class PromptEmbeddingCache:
@@ -248,8 +249,8 @@ class PromptEmbeddingCache:
             out = PromptEmbeddings(*(t.index_select(0, index) for t in table))
         else:
             rows = [self._rows[c] for c in captions]
-            target = device if device is not None else rows[0][0].device
-            out = PromptEmbeddings(*(torch.stack([r[k].to(target) for r in rows]) for k in range(3)))
+            target = torch.device(device) if device is not None else rows[0][0].device
+            out = PromptEmbeddings(*(_stack_to([r[k] for r in rows], target) for k in range(3)))
         return out.to(device) if device is not None else out
 
     def pack(self, device: torch.device | str | None = None) -> PromptEmbeddings:
