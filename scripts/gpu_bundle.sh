@@ -13,7 +13,8 @@
 # - PIPE's pipeline (default RUN/gan: EMA generator, discriminator, scheduler, tokenizer) with a transport
 #   copy of the text encoder whose token-embedding rows that no catalogue caption, validation prompt or ""
 #   uses are zeroed, so they compress away (109 of 49,408 rows are used): every caption the trainer encodes
-#   gets the same embedding as with the full encoder. The fine-tuned generator is paired with the full encoder afterwards.
+#   gets the same embedding as with the full encoder. The fine-tuned generator is paired with the full
+#   encoder afterwards.
 # - wheels of diffusers, datasets, dill and multiprocess, the versions installed here (the GPU image has
 #   torch, transformers and accelerate).
 set -euo pipefail

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine, from the repository root, as BUNDLE/run.sh (scripts/gpu_bundle.sh copies it there):
-# installs the carried wheels, rebuilds the catalogue, restores the pipeline, runs the batch-256 fine-tune
-# (the settings of train_default_model.sh's stage 3b, without its embedding cache) until STEPS or SECS, and packs
-# the result into OUT: final.tar (EMA pipeline without the text encoder, logs, samples) and the last
-# checkpoint in 15 MB parts (ckpt.tar.part-*). Here: mkdir -p RUN/gan-ft && tar -C RUN/gan-ft -xf final.tar,
-# copy RUN/gan/text_encoder next to it, and `cat ckpt.tar.part-* | tar -C RUN/gan-ft -xf -` to continue.
+# installs the carried wheels, rebuilds the catalogue, restores the pipeline, runs the fine-tune at BATCH
+# (the settings of train_default_model.sh's stages 3b/3c, without its embedding cache; 256 for 3b, 1024 for 3c)
+# until STEPS or SECS, and packs the result into OUT: final.tar (EMA pipeline without the text encoder, logs,
+# samples) and the last checkpoint in 15 MB parts (ckpt.tar.part-*). Here (3b; 3c: gan-ft2 and gan-ft's
+# encoder): mkdir -p RUN/gan-ft && tar -C RUN/gan-ft -xf final.tar, copy RUN/gan/text_encoder next to it, and
+# `cat ckpt.tar.part-* | tar -C RUN/gan-ft -xf -` to continue.
 set -uo pipefail
 B=$(cd "$(dirname "$0")" && pwd)
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false

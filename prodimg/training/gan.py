@@ -624,7 +624,9 @@ class GANTrainer:
             return
         need, (free, _) = self.cache.nbytes, torch.cuda.mem_get_info(self.device)
         if need > free // 4:
-            logger.info(f"Prompt-embedding cache kept on the host ({need / 2**30:.1f} GiB; {free / 2**30:.1f} free)")
+            logger.info(
+                f"Prompt-embedding cache kept on the host ({need / 2**30:.1f} GiB; {free / 2**30:.1f} free)"
+            )
             return
         self.cache.pack(self.device)
         logger.info(f"Prompt-embedding cache packed on {self.device} ({need / 2**30:.2f} GiB)")
