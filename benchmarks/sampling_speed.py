@@ -5,7 +5,7 @@
     python benchmarks/sampling_speed.py --dtype bfloat16 --channels_last
     python benchmarks/sampling_speed.py --pipeline pipelines/prodimg-fashion-32 --batch_size 64 --dtype bfloat16 --compile
 
-Prints parameter counts and images/s for the full pipeline call (text encoding included) and for
+Prints parameter counts and images/s (from the median time per batch) for the full pipeline call (text encoding included) and for
 the denoising loop alone, at the given batch size and steps. Weights do not affect speed, so
 without --pipeline a randomly initialised default generator and a 256-wide, 4-layer CLIP text
 encoder stand in for the trained ones.
@@ -14,6 +14,7 @@ encoder stand in for the trained ones.
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -43,11 +44,15 @@ def count(module: torch.nn.Module) -> int:
 
 
 def timed(fn, repeats: int) -> float:
+    """Median seconds per call over ``repeats`` calls after one warm-up call. The median, not the
+    mean: on a shared 2-core machine a few calls are slowed by other processes."""
     fn()  # warm-up
-    start = time.perf_counter()
+    times = []
     for _ in range(repeats):
+        start = time.perf_counter()
         fn()
-    return (time.perf_counter() - start) / repeats
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def main() -> None:

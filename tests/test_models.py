@@ -121,3 +121,37 @@ def test_bad_configs():
         ProductDiscriminator(sample_size=20)
     with pytest.raises(ValueError, match="preset"):
         generator_preset(48)
+
+
+def test_upsample_conv_equals_nearest_upsampling_then_conv():
+    from prodimg.models.embeddings import upsample_conv
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(5, 7, 3, padding=1)
+    x = torch.randn(2, 5, 6, 4, requires_grad=True)
+    ref = conv(torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest"))
+    out = upsample_conv(x, conv)
+    assert out.shape == ref.shape == (2, 7, 12, 8)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    # Gradients reach the conv's own parameters (and the input) as through the two-op form.
+    grads = torch.autograd.grad(out.square().sum(), [x, conv.weight, conv.bias])
+    ref_grads = torch.autograd.grad(ref.square().sum(), [x, conv.weight, conv.bias])
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="3x3, stride-1, padding-1"):
+        upsample_conv(x, torch.nn.Conv2d(5, 7, 3, padding=1, stride=2))
+
+
+def test_generator_sampling_path_matches_training_path():
+    # Without autograd the generator takes its sampling shortcuts (in-place modulation, matmul
+    # attention); with autograd the plain ops. Both must compute the same function.
+    g = tiny_generator().eval()
+    with torch.no_grad():  # non-zero style and attention output layers, so both paths matter
+        for p in g.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    inputs = gen_inputs(3, g.config.sample_size, z_dim=g.config.z_dim, text_dim=g.config.text_embed_dim)
+    train_out = g(**inputs).sample
+    assert train_out.requires_grad
+    with torch.no_grad():
+        sample_out = g(**inputs).sample
+    torch.testing.assert_close(sample_out, train_out.detach(), atol=1e-5, rtol=1e-5)

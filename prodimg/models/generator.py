@@ -11,7 +11,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from torch import nn
 
-from .embeddings import CrossAttention, group_count, timestep_embedding
+from .embeddings import CrossAttention, group_count, timestep_embedding, upsample_conv
 
 
 @dataclass
@@ -42,13 +42,16 @@ class StyleResBlock(nn.Module):
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     @staticmethod
-    def _modulate(h: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    def _modulate_silu(h: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """``silu(h * (1 + scale) + shift)``; without autograd, in place in ``h`` (a fresh norm output)."""
         scale, shift = params[:, :, None, None].chunk(2, dim=1)
-        return h * (1 + scale) + shift
+        if torch.is_grad_enabled():
+            return F.silu(h * (1 + scale) + shift)
+        return F.silu(h.mul_(scale + 1).add_(shift), inplace=True)
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self._modulate(self.norm1(x), self.style1(style))))
-        h = self.conv2(F.silu(self._modulate(self.norm2(h), self.style2(style))))
+        h = self.conv1(self._modulate_silu(self.norm1(x), self.style1(style)))
+        h = self.conv2(self._modulate_silu(self.norm2(h), self.style2(style)))
         return self.skip(x) + h
 
 
@@ -214,7 +217,7 @@ class ProductGenerator(ModelMixin, ConfigMixin):
                 h = self._attend(self.up_attn[k], h, context, mask)
                 k += 1
             if i < len(self.upsamplers):
-                h = self.upsamplers[i](F.interpolate(h, scale_factor=2.0, mode="nearest"))
+                h = upsample_conv(h, self.upsamplers[i])
 
         out = torch.tanh(self.conv_out(F.silu(self.norm_out(h))))
         if not return_dict:
