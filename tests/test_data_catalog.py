@@ -15,6 +15,7 @@ from prodimg.data import captions as C
 from prodimg.data import render
 from prodimg.data.catalog import (
     HELD_OUT_PAIRS,
+    CatalogRecolorer,
     SPLITS,
     allowed_colors,
     build_fashion_catalog,
@@ -231,6 +232,52 @@ def test_measure_color_on_built_items(built):
             total += 1
             correct += measure_color(image) == COLOR_NAMES[c]
     assert correct / total >= 0.97, correct / total
+
+
+@needs_fmnist
+def test_recolorer_renders_train_garments_in_every_colour(built):
+    out, ds = built
+    rec = CatalogRecolorer(out, "train")
+    assert len(rec) == len(ds["train"])
+    rows = np.arange(len(rec))
+    originals = np.stack([np.asarray(im.convert("RGB")) for im in ds["train"]["image"]])
+    np.testing.assert_array_equal(rec.original(rows), originals)  # the build recipe, row for row
+
+    again = rec(rows, np.random.default_rng(3))
+    assert again.shape == originals.shape and again.dtype == np.uint8
+    np.testing.assert_array_equal(again, rec(rows, np.random.default_rng(3)))  # seeded
+    assert (again != originals).any(axis=(1, 2, 3)).mean() > 0.8  # most rows changed colour
+    # Every colour reaches a category, held-out pairs included (white coats never occur in train).
+    coat = C.CATEGORY_NAMES.index("coat")
+    coats = np.flatnonzero(np.asarray(ds["train"]["category"]) == coat)
+    assert len(coats) and "white" not in {COLOR_NAMES[c] for c in np.asarray(ds["train"]["color"])[coats]}
+    rng = np.random.default_rng(0)
+    seen = {measure_color(im) for _ in range(40) for im in rec(coats[:1], rng)}
+    assert "white" in seen and len(seen) >= 8, seen
+
+
+def test_recolorer_needs_a_built_catalogue(tmp_path):
+    with pytest.raises(ValueError, match="no build_info.json"):
+        CatalogRecolorer(tmp_path)
+
+
+@needs_fmnist
+def test_classifier_script_recolors_only_the_catalogue_as_built(built, tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train_scripts"))
+    import train_attribute_classifier as script
+
+    out, ds = built
+    argv = ["--dataset_name", str(out), "--max_train_steps", "2", "--train_batch_size", "8", "--block_out_channels",
+            "8", "16", "--validation_steps", "2", "--recolor_prob", "0.5", "--output_dir", str(tmp_path / "cls")]
+    assert script.main(argv) == 0
+    assert json.loads((tmp_path / "cls" / "metrics.json").read_text())["training"]["recolor_prob"] == 0.5
+    images = np.stack([np.asarray(im.convert("RGB")) for im in ds["train"]["image"]])
+    images[7, 0, 0] ^= 1  # one pixel of one row edited
+    with pytest.raises(ValueError, match="not the ones its build_info.json renders"):
+        script.load_recolorer(str(out), "train", images)
 
 
 @needs_fmnist

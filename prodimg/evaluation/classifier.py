@@ -9,7 +9,10 @@ test accuracy); ``train_scripts/train_attribute_classifier.py`` trains it (:func
 Training augmentations make it judge shape and pattern, not colour: random permutation of the RGB
 channels and fading toward white (so a category is never recognised by a colour it happened to be
 paired with: the held-out colour/category pairs of ``test_unseen_pairs`` stay fair), horizontal
-flips and small translations.
+flips and small translations. On the fashion catalogue the shipped judge also saw half of its
+training rows rendered again in colours drawn from the whole palette (``recolor``, fed by
+:class:`prodimg.data.catalog.CatalogRecolorer`): channel permutation cannot make a garment white, and
+without recolouring the judge recognised 14 % of the real white coats (a held-out pair).
 """
 
 from __future__ import annotations
@@ -190,11 +193,20 @@ def train_classifier(
     layers_per_block: int = 1,
     log_every: int = 100,
     eval_fn=None,
+    recolor=None,
+    recolor_prob: float = 0.0,
 ) -> AttributeClassifier:
     """Train on uint8 (N, S, S, 3) images with label-name columns; AdamW + one-cycle LR, summed CE per head.
 
-    ``eval_fn(model, step)`` (optional) is called every ``log_every`` steps.
+    ``eval_fn(model, step)`` (optional) is called every ``log_every`` steps. ``recolor(rows, rng)``
+    (optional, e.g. a :class:`prodimg.data.catalog.CatalogRecolorer`) renders rows of ``images`` again
+    in other colours with the same labels; each sampled row is replaced by such a rendering with
+    probability ``recolor_prob``.
     """
+    if not 0.0 <= recolor_prob <= 1.0:
+        raise ValueError(f"recolor_prob must be in [0, 1], got {recolor_prob}")
+    if recolor_prob > 0 and recolor is None:
+        raise ValueError("recolor_prob > 0 needs a recolor function")
     torch.manual_seed(seed)
     heads = [h for h in heads if h in labels]
     if "category" not in heads:
@@ -213,6 +225,7 @@ def train_classifier(
     opt = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=learning_rate, total_steps=steps, pct_start=0.15)
     gen = torch.Generator().manual_seed(seed)
+    recolor_rng = np.random.default_rng([seed, 1])
     n = len(data)
     order, pos = torch.randperm(n, generator=gen), 0
     model.train()
@@ -223,7 +236,13 @@ def train_classifier(
             order, pos = torch.randperm(n, generator=gen), 0
         idx = order[pos : pos + batch_size]
         pos += batch_size
-        x = data[idx].permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        batch = data[idx]
+        if recolor_prob > 0:
+            pick = recolor_rng.random(len(idx)) < recolor_prob
+            if pick.any():
+                batch = batch.clone()
+                batch[torch.from_numpy(pick)] = torch.from_numpy(recolor(idx.numpy()[pick], recolor_rng))
+        x = batch.permute(0, 3, 1, 2).float() / 127.5 - 1.0
         x = augment(x, gen)
         logits = model(x).logits
         loss = sum(F.cross_entropy(logits[h], targets[h][idx]) for h in heads)
