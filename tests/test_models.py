@@ -142,9 +142,24 @@ def test_upsample_conv_equals_nearest_upsampling_then_conv():
         upsample_conv(x, torch.nn.Conv2d(5, 7, 3, padding=1, stride=2))
 
 
+def test_matmul_attention_equals_sdpa():
+    from prodimg.models.embeddings import matmul_attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 2, n, 8, generator=g) for n in (20, 7, 7))
+    mask = torch.ones(3, 1, 1, 7, dtype=torch.bool)
+    mask[0, ..., 3:] = False
+    mask[2, ..., 5:] = False
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(matmul_attention(q, k, v, mask), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(matmul_attention(q, k, v, None), torch.nn.functional.scaled_dot_product_attention(q, k, v))
+    half = matmul_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask).float()
+    torch.testing.assert_close(half, ref, atol=0.05, rtol=0.05)
+
+
 def test_generator_sampling_path_matches_training_path():
-    # Without autograd the generator takes its sampling shortcuts (in-place modulation, matmul
-    # attention); with autograd the plain ops. Both must compute the same function.
+    # Without autograd the generator takes its sampling shortcuts (in-place modulation and SiLU;
+    # upsampling as a transposed conv runs in both); with autograd the plain ops. Same function.
     g = tiny_generator().eval()
     with torch.no_grad():  # non-zero style and attention output layers, so both paths matter
         for p in g.parameters():
