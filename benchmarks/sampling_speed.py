@@ -5,8 +5,9 @@
     python benchmarks/sampling_speed.py --dtype bfloat16 --channels_last
     python benchmarks/sampling_speed.py --pipeline pipelines/prodimg-fashion-32 --batch_size 64 --dtype bfloat16 --compile
 
-Prints parameter counts and images/s (from the median time per batch) for the full pipeline call (text encoding included) and for
-the denoising loop alone, at the given batch size and steps. Weights do not affect speed, so
+Prints parameter counts and images/s (from the median time per batch) for the full pipeline
+call (text encoding included) and for the denoising loop alone, at the given batch size and
+steps. Weights do not affect speed, so
 without --pipeline a randomly initialised default generator and a 256-wide, 4-layer CLIP text
 encoder stand in for the trained ones.
 """

@@ -67,7 +67,8 @@ def test_train_classifier_recolor_hook():
 
     kwargs = dict(steps=3, batch_size=8, block_out_channels=(8, 16), log_every=1)
     train_classifier(images, labels, names, recolor=recolor, recolor_prob=1.0, **kwargs)
-    assert len(calls) == 3 and all(len(rows) == 8 and rows.max() < 20 for rows in calls)  # every row, every step
+    # every row of every step
+    assert len(calls) == 3 and all(len(rows) == 8 and rows.max() < 20 for rows in calls)
     calls.clear()
     train_classifier(images, labels, names, recolor=recolor, recolor_prob=0.0, **kwargs)
     assert not calls

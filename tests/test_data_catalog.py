@@ -15,8 +15,8 @@ from prodimg.data import captions as C
 from prodimg.data import render
 from prodimg.data.catalog import (
     HELD_OUT_PAIRS,
-    CatalogRecolorer,
     SPLITS,
+    CatalogRecolorer,
     allowed_colors,
     build_fashion_catalog,
     export_parquet,
@@ -270,8 +270,9 @@ def test_classifier_script_recolors_only_the_catalogue_as_built(built, tmp_path)
     import train_attribute_classifier as script
 
     out, ds = built
-    argv = ["--dataset_name", str(out), "--max_train_steps", "2", "--train_batch_size", "8", "--block_out_channels",
-            "8", "16", "--validation_steps", "2", "--recolor_prob", "0.5", "--output_dir", str(tmp_path / "cls")]
+    argv = ["--dataset_name", str(out), "--max_train_steps", "2", "--train_batch_size", "8",
+            "--block_out_channels", "8", "16", "--validation_steps", "2", "--recolor_prob", "0.5",
+            "--output_dir", str(tmp_path / "cls")]
     assert script.main(argv) == 0
     assert json.loads((tmp_path / "cls" / "metrics.json").read_text())["training"]["recolor_prob"] == 0.5
     images = np.stack([np.asarray(im.convert("RGB")) for im in ds["train"]["image"]])

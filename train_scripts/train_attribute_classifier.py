@@ -62,9 +62,9 @@ def parse_args(input_args=None) -> argparse.Namespace:
     p.add_argument("--reliable_accuracy", type=float, default=0.85,
                    help="A head is marked reliable when it reaches this accuracy on every test split.")
     p.add_argument("--recolor_prob", type=float, default=0.0,
-                   help="fashion catalogue only: probability that a training row is rendered again in a colour "
-                        "drawn from the whole palette (same garment and labels), so that no category is tied to "
-                        "the colours it was paired with in train (default 0: off)")
+                   help="fashion catalogue only: probability that a training row is rendered again in "
+                        "a colour drawn from the whole palette (same garment and labels), so that no "
+                        "category is tied to the colours it was paired with in train (default 0: off)")
     p.add_argument("--validation_steps", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output_dir", type=str, required=True)
@@ -84,7 +84,7 @@ def parse_args(input_args=None) -> argparse.Namespace:
 
 
 def load_recolorer(dataset_dir: str, split: str, images) -> CatalogRecolorer:
-    """The catalogue's recolourer for ``split``, checked to render exactly the loaded ``images`` row by row."""
+    """The catalogue's recolourer for ``split``, checked to render the loaded ``images`` row by row."""
     recolorer = CatalogRecolorer(dataset_dir, split)
     rows = np.arange(len(images))
     if len(images) > len(recolorer) or any(
@@ -138,7 +138,8 @@ def main(argv=None) -> int:
             train.images, train.labels, train.label_names, steps=args.max_train_steps, batch_size=args.train_batch_size,
             learning_rate=args.learning_rate, weight_decay=args.weight_decay, seed=args.seed, heads=heads,
             block_out_channels=tuple(args.block_out_channels), layers_per_block=args.layers_per_block,
-            log_every=min(100, args.validation_steps), eval_fn=eval_fn, recolor=recolor, recolor_prob=args.recolor_prob,
+            log_every=min(100, args.validation_steps), eval_fn=eval_fn,
+            recolor=recolor, recolor_prob=args.recolor_prob,
         )
     except ValueError as err:
         print(f"train_attribute_classifier.py: error: {err}", file=sys.stderr)

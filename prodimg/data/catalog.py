@@ -248,8 +248,8 @@ class CatalogRecolorer:
     def __init__(self, dataset_dir: str | os.PathLike, split: str = "train", source_dir=None):
         info_file = Path(dataset_dir) / "build_info.json"
         if not info_file.is_file():
-            raise ValueError(f"{dataset_dir} is not a fashion catalogue built by prodimg (no build_info.json); "
-                             "recolouring needs the catalogue's own build recipe")
+            raise ValueError(f"{dataset_dir} is not a fashion catalogue built by prodimg (no "
+                             "build_info.json); recolouring needs the catalogue's own build recipe")
         info = json.loads(info_file.read_text(encoding="utf-8"))
         plans = {p.name: p for p in plan_splits(int(info["seed"]), info.get("limit"), source_dir)}
         if split not in plans:

@@ -50,7 +50,9 @@ def group_count(channels: int, max_groups: int) -> int:
     return 1
 
 
-def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def matmul_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
     """``scaled_dot_product_attention`` as two batched matmuls, for sampling in half precision.
 
     For a few hundred queries against a handful of text tokens this is 2.5x faster than the CPU's
