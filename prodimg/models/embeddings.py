@@ -20,11 +20,13 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
     return emb
 
 
-# Nearest 2x upsampling followed by a 3-tap convolution (padding 1) is, per axis, a stride-2
-# transposed convolution with 4 taps: output 2m reads x[m-1] * w0 + x[m] * (w1 + w2), output
-# 2m + 1 reads x[m] * (w0 + w1) + x[m+1] * w2. Row k of this matrix says which 3x3 taps add up to
-# transposed tap k (PyTorch's convention: output 2 * i - 1 + k receives x[i] * tap k).
-_UPSAMPLE_TAPS = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+def _transposed_taps(weight: torch.Tensor, dim: int) -> torch.Tensor:
+    """Along ``dim``, the 3 taps (w0, w1, w2) of a conv that follows nearest 2x upsampling, as the
+    4 taps (w2, w1 + w2, w0 + w1, w0) of a stride-2 transposed conv with padding 1: output 2m reads
+    x[m-1] * w0 + x[m] * (w1 + w2), output 2m + 1 reads x[m] * (w0 + w1) + x[m+1] * w2, and in
+    PyTorch's convention output 2 * i - 1 + k receives x[i] * tap k."""
+    w0, w1, w2 = weight.unbind(dim)
+    return torch.stack([w2, w1 + w2, w0 + w1, w0], dim)
 
 
 def upsample_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
@@ -33,12 +35,11 @@ def upsample_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     Computed as one stride-2 transposed convolution at the input's resolution: the same result up to
     float rounding, with 16 instead of 36 multiply-adds per input pixel and channel pair, and no
     upsampled copy of ``x``. The parameters stay those of ``conv`` (the checkpoint format does not
-    change) and gradients reach them through the kernel's construction.
+    change) and gradients reach them through the kernel's construction, which stays on their device.
     """
     if conv.kernel_size != (3, 3) or conv.stride != (1, 1) or conv.padding != (1, 1) or conv.groups != 1:
         raise ValueError(f"upsample_conv needs a 3x3, stride-1, padding-1, ungrouped conv; got {conv}")
-    taps = _UPSAMPLE_TAPS.to(device=conv.weight.device, dtype=conv.weight.dtype)
-    kernel = torch.einsum("ya,oiab,xb->ioyx", taps, conv.weight, taps)  # (in, out, 4, 4)
+    kernel = _transposed_taps(_transposed_taps(conv.weight, 2), 3).transpose(0, 1)  # (in, out, 4, 4)
     return F.conv_transpose2d(x, kernel, conv.bias, stride=2, padding=1)
 
 
