@@ -59,3 +59,13 @@ def test_dtype_is_kept_and_bad_input_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="neither a pipeline"):
         merge_generators(tmp_path / "g16", tmp_path / "missing", 0.5, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_names_bad_input_without_a_traceback(tmp_path, capsys):
+    tiny_generator(seed=0).save_pretrained(tmp_path / "g16")
+    tiny_generator(seed=0, sample_size=32).save_pretrained(tmp_path / "g32")
+    assert main([str(tmp_path / "g16"), str(tmp_path / "g32"), "--out", str(tmp_path / "out")]) == 2
+    assert "error: the generators have different configs (attention_resolutions, sample_size)" in capsys.readouterr().err
+    assert main([str(tmp_path / "g16"), str(tmp_path / "g16"), "--alpha", "2", "--out", str(tmp_path / "out")]) == 2
+    assert "error: alpha must be in [0, 1], got 2.0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -91,7 +92,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--alpha", type=float, default=0.5, help="weight of tuned (default 0.5)")
     parser.add_argument("--out", required=True, help="the folder to write (replaced if it exists)")
     args = parser.parse_args(argv)
-    print("saved", merge_generators(args.base, args.tuned, args.alpha, args.out))
+    try:
+        out = merge_generators(args.base, args.tuned, args.alpha, args.out)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"prodimg.training.merge: error: {err}", file=sys.stderr)
+        return 2
+    print("saved", out)
     return 0
 
 
