@@ -33,9 +33,10 @@ def check_device(device: str | None) -> None:
 
 
 def load_pipeline(pipeline_path: str, backend: str = "pytorch", device: str | None = "cpu", int8: bool = False,
-                  num_threads: int | None = None, dtype: str = "float32"):
+                  num_threads: int | None = None, dtype: str = "float32", compile: bool = False):
     """The pipeline to sample from: PyTorch weights (every component in ``dtype``), or an ONNX export run
-    on onnxruntime."""
+    on onnxruntime. ``compile``: ``torch.compile`` the generator in place (``nn.Module.compile``: its
+    parameters and checkpoint keys stay as they are); the first call of each batch shape compiles."""
     from .export.onnx_export import is_onnx_export
     from .pipeline import ProductImagePipeline
 
@@ -50,6 +51,9 @@ def load_pipeline(pipeline_path: str, backend: str = "pytorch", device: str | No
                              "precision (--int8 for the quantized generator)")
         if device not in (None, "cpu"):
             raise ValueError(f"--backend onnxruntime runs on the CPU; got --device {device}")
+        if compile:
+            raise ValueError("--compile is for the pytorch backend (torch.compile); onnxruntime optimises its "
+                             "own graph")
         from .export import load_onnx_pipeline
 
         return load_onnx_pipeline(pipeline_path, int8=int8, num_threads=num_threads)
@@ -60,4 +64,8 @@ def load_pipeline(pipeline_path: str, backend: str = "pytorch", device: str | No
     check_device(device)
     import torch
 
-    return ProductImagePipeline.from_pretrained(pipeline_path, dtype=getattr(torch, dtype)).to(device or "cpu")
+    pipe = ProductImagePipeline.from_pretrained(pipeline_path, dtype=getattr(torch, dtype))
+    pipe = pipe.to(device or "cpu")
+    if compile:
+        pipe.generator.compile()
+    return pipe

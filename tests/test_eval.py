@@ -169,6 +169,37 @@ def test_eval_skips_what_does_not_apply(eval_fixtures, fake_inception, tmp_path)
         run_eval(str(eval_fixtures / "pipe"), str(eval_fixtures / "data"), metrics=["nope"], output_dir=None)
 
 
+def test_eval_compile_warms_up_every_timed_batch_shape(eval_fixtures, fake_inception, monkeypatch):
+    from prodimg.pipeline import ProductImagePipeline
+
+    sizes, compiled = [], []
+    original_call, original_compile = ProductImagePipeline.__call__, torch.nn.Module.compile
+
+    def call(self, prompt=None, *args, **kwargs):
+        sizes.append(len(prompt) if isinstance(prompt, list) else 1)
+        return original_call(self, prompt, *args, **kwargs)
+
+    def compile(self, *args, **kwargs):
+        compiled.append(type(self).__name__)
+        return original_compile(self, *args, **{**kwargs, "backend": "eager"})  # dynamo without inductor
+
+    monkeypatch.setattr(ProductImagePipeline, "__call__", call)
+    monkeypatch.setattr(torch.nn.Module, "compile", compile)
+    torch._dynamo.reset()
+    try:
+        report = run_eval(str(eval_fixtures / "pipe"), str(eval_fixtures / "data"), "test", num_images=6,
+                          batch_size=4, metrics=["color_accuracy"], output_dir=None, compile=True)
+    finally:
+        torch._dynamo.reset()
+    assert compiled == ["ProductGenerator"]
+    assert sizes == [2, 4, 4, 2]  # untimed warm-up of both shapes the 6 rows take, then the timed batches
+    assert report["compile"] is True and report["compile_warmup_seconds"] > 0
+    plain = run_eval(str(eval_fixtures / "pipe"), str(eval_fixtures / "data"), "test", num_images=6,
+                     batch_size=4, metrics=["color_accuracy"], output_dir=None)
+    assert plain["compile"] is False and "compile_warmup_seconds" not in plain
+    assert plain["metrics"] == pytest.approx(report["metrics"])
+
+
 def test_explicit_clip_model_and_none(eval_fixtures):
     pipe = str(eval_fixtures / "pipe")
     assert resolve_clip_model("none", pipe)[0] is None

@@ -231,8 +231,61 @@ def test_dtype_option(pipe_dir, prompts_csv, tmp_path, capsys):
     capsys.readouterr()
     assert main(["generate", "--prompts", str(prompts_csv), "--out", str(tmp_path / "cat"), "--pipeline", str(pipe_dir),
                  "--dtype", "bfloat16"]) == 2
-    assert "catalogue mode (--prompts) runs in float32" in capsys.readouterr().err
+    assert "catalogue mode (--prompts) runs eagerly in float32" in capsys.readouterr().err
     with pytest.raises(ValueError, match="--dtype must be one of"):
         load_pipeline(str(pipe_dir), dtype="float64")
     with pytest.raises(ValueError, match="--dtype bfloat16 is for the pytorch backend"):
         load_pipeline(str(pipe_dir), backend="onnxruntime", dtype="bfloat16")
+
+
+@pytest.fixture
+def compile_with_eager_backend(monkeypatch):
+    """``nn.Module.compile`` traced by dynamo but run by its eager backend: the wiring of ``--compile``
+    without inductor's code generation (about a minute for the tiny generator on 2 cores; the real
+    backend is exercised by the slow test below and by benchmarks/sampling_speed.py --compile)."""
+    calls = []
+    original = torch.nn.Module.compile
+
+    def compile(self, *args, **kwargs):
+        calls.append(type(self).__name__)
+        return original(self, *args, **{**kwargs, "backend": "eager"})
+
+    monkeypatch.setattr(torch.nn.Module, "compile", compile)
+    torch._dynamo.reset()
+    yield calls
+    torch._dynamo.reset()
+
+
+def _compile_matches_eager(pipe_dir):
+    from prodimg.backends import load_pipeline
+
+    eager, compiled = load_pipeline(str(pipe_dir)), load_pipeline(str(pipe_dir), compile=True)
+    assert compiled.generator._compiled_call_impl is not None and eager.generator._compiled_call_impl is None
+    assert list(compiled.generator.state_dict()) == list(eager.generator.state_dict())  # keys stay as saved
+    a, b = (p("red dress", num_images_per_prompt=3, generator=torch.Generator().manual_seed(0),
+              output_type="np").images for p in (eager, compiled))
+    np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_compile_option(compile_with_eager_backend, pipe_dir, prompts_csv, tmp_path, capsys):
+    from prodimg.backends import load_pipeline
+
+    _compile_matches_eager(pipe_dir)
+    assert compile_with_eager_backend == ["ProductGenerator"]
+    out = tmp_path / "compiled"
+    assert main(["generate", "red dress", "--pipeline", str(pipe_dir), "-n", "2", "-o", str(out),
+                 "--compile"]) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["red-dress-seed0.png", "red-dress-seed1.png"]
+    capsys.readouterr()
+    assert main(["generate", "--prompts", str(prompts_csv), "--out", str(tmp_path / "cat"),
+                 "--pipeline", str(pipe_dir), "--compile"]) == 2
+    assert "--compile applies to one PROMPT" in capsys.readouterr().err
+    assert not (tmp_path / "cat").exists()
+    with pytest.raises(ValueError, match="--compile is for the pytorch backend"):
+        load_pipeline(str(pipe_dir), backend="onnxruntime", compile=True)
+
+
+@pytest.mark.slow
+def test_compile_option_with_inductor(pipe_dir):
+    torch._dynamo.reset()
+    _compile_matches_eager(pipe_dir)

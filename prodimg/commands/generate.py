@@ -60,6 +60,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=DTYPES, default="float32",
                    help="pytorch backend, one prompt: weights and compute dtype (default float32; bfloat16 is faster "
                         "on CPUs with native bf16). Catalogue mode stays float32")
+    p.add_argument("--compile", action="store_true",
+                   help="pytorch backend, one prompt: torch.compile the generator (the first call compiles, "
+                        "seconds; pays off for many images). Catalogue mode stays eager")
     p.add_argument("--num_threads", type=int, default=None,
                    help="intra-op CPU threads per process (default: torch's choice for one prompt; 1 for --prompts, "
                         "so that output bytes do not depend on the number of processes: scale out with processes)")
@@ -102,9 +105,10 @@ def run(args: argparse.Namespace) -> int:
     if args.int8 and args.backend != "onnxruntime":
         raise ValueError("--int8 needs --backend onnxruntime")
     if args.prompts is not None:
-        if args.dtype != "float32":
-            raise ValueError("--dtype applies to one PROMPT; catalogue mode (--prompts) runs in float32 so that its "
-                             "recorded images can be reproduced and resumed byte for byte")
+        if args.dtype != "float32" or args.compile:
+            flag = "--compile" if args.compile else "--dtype"
+            raise ValueError(f"{flag} applies to one PROMPT; catalogue mode (--prompts) runs eagerly in float32 "
+                             "so that its recorded images can be reproduced and resumed byte for byte")
         return run_catalog(args)
     return run_single(args)
 
@@ -121,7 +125,8 @@ def run_single(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.num_threads)
     device = args.device or "cpu"
     pipeline_path = resolve_pipeline_path(args.pipeline)
-    pipe = load_pipeline(pipeline_path, args.backend, device, args.int8, args.num_threads, args.dtype)
+    pipe = load_pipeline(pipeline_path, args.backend, device, args.int8, args.num_threads, args.dtype,
+                         compile=args.compile)
     pipe.set_progress_bar_config(disable=True)
     generators = [torch.Generator(device).manual_seed(args.seed + i) for i in range(num_images)]
     images = pipe(
