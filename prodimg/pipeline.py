@@ -370,7 +370,10 @@ class ProductImagePipeline(DiffusionPipeline):
 
         # 3. Prepare timesteps, the starting noise x_T and the latent code z
         self.scheduler.set_timesteps(num_inference_steps, device=device)
-        dtype = self.generator.dtype
+        # The chain x_T -> x_0 stays in (at least) float32 whatever the generator's dtype: the generator casts
+        # its inputs, and the scheduler's float32 posterior would otherwise turn half-precision latents into
+        # float32 after the first step (two dtypes, two graphs under torch.compile).
+        dtype = torch.promote_types(self.generator.dtype, torch.float32)
         if latents is None:
             latents = randn_tensor(self._latent_shape(total), generator=generator, device=device, dtype=dtype)
         else:

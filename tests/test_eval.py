@@ -192,7 +192,9 @@ def test_eval_compile_warms_up_every_timed_batch_shape(eval_fixtures, fake_incep
     finally:
         torch._dynamo.reset()
     assert compiled == ["ProductGenerator"]
-    assert sizes == [2, 4, 4, 2]  # untimed warm-up of both shapes the 6 rows take, then the timed batches
+    # untimed warm-up of both batch sizes the 6 rows take, each with the shortest and the longest captions,
+    # then the timed batches
+    assert sizes == [2, 2, 4, 4, 4, 2]
     assert report["compile"] is True and report["compile_warmup_seconds"] > 0
     plain = run_eval(str(eval_fixtures / "pipe"), str(eval_fixtures / "data"), "test", num_images=6,
                      batch_size=4, metrics=["color_accuracy"], output_dir=None)

@@ -203,8 +203,13 @@ def test_half_precision_runs(saved_dir, dtype):
     p = ProductImagePipeline.from_pretrained(saved_dir, dtype=dtype)
     p.set_progress_bar_config(disable=True)
     assert p.generator.dtype == dtype and p.text_encoder.dtype == dtype
+    seen = []
+    hook = p.generator.register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
     out = p(PROMPTS, generator=seeded(2), output_type="np").images
+    hook.remove()
     assert out.shape == (2, 16, 16, 3) and np.isfinite(out).all()
+    # the denoising chain stays float32 (one dtype at every step: one graph under torch.compile)
+    assert seen == [torch.float32] * p.scheduler.config.num_train_timesteps
 
 
 def test_missing_and_incomplete_folders(saved_dir, tmp_path):

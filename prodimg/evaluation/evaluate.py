@@ -468,20 +468,33 @@ def run_eval(
         "compile": compile,
     }
     if compile:
-        t0 = time.perf_counter()
-        sizes = {min(batch_size, len(d)) for d in splits.values()}
-        sizes |= {len(d) % batch_size for d in splits.values()}
-        for n in sorted(sizes - {0}):
-            _print(f"torch.compile: compiling the generator for batch {n}")
-            pipe([splits[names[0]].captions[0]] * n, num_inference_steps=steps, guidance_scale=guidance_scale,
-                 generator=torch.Generator(device).manual_seed(seed), output_type="np")
-        extra["compile_warmup_seconds"] = time.perf_counter() - t0
+        extra["compile_warmup_seconds"] = _compile_warmup(pipe, splits, batch_size, steps, guidance_scale,
+                                                          seed)
     judge_source = judge.source if judge is not None else None
     extra.update(clip_model=judge_source, setup_seconds=time.perf_counter() - started)
     return evaluate(pipe, splits, dataset_id=dataset_identity(dataset), batch_size=batch_size, seed=seed,
                     num_inference_steps=steps, guidance_scale=guidance_scale, metrics=metrics,
                     feature_extractor=feature_extractor, cache_dir=cache_dir, device=device, output_dir=output_dir,
                     extra=extra, diversity_prompts=diversity_prompts, diversity_seeds=diversity_seeds, **judges)
+
+
+def _compile_warmup(pipe, splits: dict[str, LabeledSplit], batch_size: int, steps: int | None,
+                    guidance_scale: float, seed: int) -> float:
+    """Run the compiled generator, untimed, on every batch size the timed sampling will use and on the
+    shortest and longest captions (prompts are padded to the longest in their batch, so the text length
+    varies between batches): the recompilations that turn those dimensions dynamic happen here. Seconds."""
+    start = time.perf_counter()
+    sizes = {min(batch_size, len(d)) for d in splits.values()}
+    sizes |= {len(d) % batch_size for d in splits.values()}
+    captions = sorted({c for d in splits.values() for c in d.captions})
+    lengths = [len(ids) for ids in pipe.tokenizer(captions).input_ids]
+    captions = [c for _, c in sorted(zip(lengths, captions))]
+    for n in sorted(sizes - {0}):
+        for prompts in (captions[:n], captions[-n:]):
+            _print(f"torch.compile: warming up the generator on batch {n}")
+            pipe((prompts * n)[:n], num_inference_steps=steps, guidance_scale=guidance_scale,
+                 generator=torch.Generator(pipe._execution_device).manual_seed(seed), output_type="np")
+    return time.perf_counter() - start
 
 
 def load_judges(metrics: Sequence[str], *, clip_model: str | None = None, classifier: str | None = None,
