@@ -86,7 +86,7 @@ def main() -> None:
 
     embeds = pipe.encode_text(prompts)
     if args.compile:
-        pipe.generator = torch.compile(pipe.generator)
+        pipe.generator.compile()  # what `prodimg generate/eval --compile` does (prodimg.backends.load_pipeline)
         start = time.perf_counter()
         with torch.inference_mode():
             pipe(prompts, num_inference_steps=steps, generator=torch.Generator(args.device).manual_seed(0), output_type="pt")
@@ -105,7 +105,7 @@ def main() -> None:
         pipe.pad_prompts_to_max_length = True  # the old behaviour, for comparison
         t_full_max = timed(full, args.repeats)
         pipe.pad_prompts_to_max_length = False
-    g = getattr(pipe.generator, "_orig_mod", pipe.generator).config
+    g = pipe.generator.config
     print(f"device={args.device} dtype={args.dtype} channels_last={args.channels_last} compile={args.compile} "
           f"threads={torch.get_num_threads()}")
     print(f"generator: {count(pipe.generator) / 1e6:.2f}M params, {g.sample_size}px, channels {list(g.block_out_channels)}")
