@@ -521,3 +521,42 @@ def test_serve_command_defaults_to_loopback():
     args = build_parser().parse_args(["serve"])
     assert args.host == "127.0.0.1" and args.port == 8080 and callable(args.func)
     assert build_parser().parse_args(["keys", "add"]).scopes == "generate"
+
+
+def test_serve_command_dtype_and_compile(pipeline_dir, tmp_path, monkeypatch):
+    """--dtype and --compile load the pipeline through prodimg.backends.load_pipeline, and --compile runs the
+    warm-up at batch 1 and --max-batch (short and long prompt) before the service starts."""
+    import prodimg.serving as serving
+
+    served, calls = [], []
+    original_call, original_compile = ProductImagePipeline.__call__, torch.nn.Module.compile
+    original_app = create_app
+
+    def call(self, prompt=None, *args, **kwargs):
+        calls.append(len(prompt))
+        return original_call(self, prompt, *args, **kwargs)
+
+    def compile(self, *args, **kwargs):
+        return original_compile(self, *args, **{**kwargs, "backend": "eager"})  # dynamo without inductor
+
+    def app(pipeline, *args, **kwargs):
+        served.append(pipeline)
+        return original_app(pipeline, *args, **kwargs)
+
+    monkeypatch.setattr(ProductImagePipeline, "__call__", call)
+    monkeypatch.setattr(torch.nn.Module, "compile", compile)
+    monkeypatch.setattr(serving, "create_app", app)
+    monkeypatch.setattr(serving, "run_server", lambda app, host, port: None)
+    argv = ["serve", "--pipeline", str(pipeline_dir), "--api-keys", str(tmp_path / "keys.json"),
+            "--audit-log", "none"]
+    torch._dynamo.reset()
+    try:
+        assert main(argv + ["--dtype", "bfloat16", "--compile", "--max-batch", "3"]) == 0
+    finally:
+        torch._dynamo.reset()
+    assert calls == [1, 1, 3, 3]  # batch 1 and --max-batch, each with the short and the long prompt
+    assert served[0].generator.dtype == torch.bfloat16 and served[0].generator._compiled_call_impl is not None
+    calls.clear()
+    assert main(argv) == 0
+    assert calls == [] and served[1].generator.dtype == torch.float32  # no compile, no warm-up
+    assert served[1].generator._compiled_call_impl is None

@@ -9,7 +9,11 @@ import os
 import sys
 from pathlib import Path
 
+from ..backends import DTYPES
+
 DEFAULT_KEYS_FILE = "api_keys.json"
+# --compile: a short and a long prompt, so that the warm-up also makes the text length dynamic.
+WARM_UP_PROMPTS = ("dress", "a light blue checked long-sleeved cotton shirt with a collar, product photo")
 
 
 def default_keys_file() -> str:
@@ -80,6 +84,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-n", type=int, default=d.max_n, help=f"largest n per request (default {d.max_n})")
     p.add_argument("--device", default="cpu")
     p.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="float32",
+        help="weights and compute dtype (default float32; bfloat16 is faster on CPUs with native bf16)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the generator, compiled for batch 1 and --max-batch before the service starts "
+        "(with --dtype bfloat16, the fastest CPU setting)",
+    )
+    p.add_argument(
         "--torch-threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)"
     )
     p.set_defaults(func=run)
@@ -88,7 +104,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..pipeline import ProductImagePipeline
+    from ..backends import load_pipeline, warm_up_compiled
     from ..serving import ServiceConfig, create_app, run_server
     from .generate import default_pipeline_dir
 
@@ -126,8 +142,13 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(
             f"pipeline folder {pipeline_path} does not exist; pass --pipeline DIR (a saved pipeline)"
         )
-    pipe = ProductImagePipeline.from_pretrained(pipeline_path).to(args.device)
+    pipe = load_pipeline(pipeline_path, device=args.device, dtype=args.dtype, compile=args.compile)
     pipe.set_progress_bar_config(disable=True)
+    if args.compile:
+        # Compile before the first request: it takes seconds to a minute, longer than a request may wait.
+        log = logging.getLogger(__name__).info
+        seconds = warm_up_compiled(pipe, {1, args.max_batch}, WARM_UP_PROMPTS, log=log)
+        log("torch.compile warm-up took %.1f s", seconds)
     app = create_app(pipe, config, keys_file)
     run_server(app, host=args.host, port=args.port)
     return 0

@@ -441,7 +441,7 @@ def run_eval(
     ``backend``/``int8``/``num_threads``/``dtype``/``compile`` as for ``prodimg generate`` (an ONNX export on
     onnxruntime). With ``compile``, every batch shape the run will time is compiled first, untimed
     (``compile_warmup_seconds`` in the report), so that the sampling speed is the compiled one."""
-    from ..backends import load_pipeline
+    from ..backends import load_pipeline, warm_up_compiled
 
     if num_images < 2:
         raise ValueError(f"--num_images must be >= 2, got {num_images}")
@@ -468,33 +468,17 @@ def run_eval(
         "compile": compile,
     }
     if compile:
-        extra["compile_warmup_seconds"] = _compile_warmup(pipe, splits, batch_size, steps, guidance_scale,
-                                                          seed)
+        sizes = {min(batch_size, len(d)) for d in splits.values()}
+        sizes |= {len(d) % batch_size for d in splits.values()}
+        captions = [c for d in splits.values() for c in d.captions]
+        extra["compile_warmup_seconds"] = warm_up_compiled(pipe, sizes, captions, steps, guidance_scale, seed,
+                                                           log=_print)
     judge_source = judge.source if judge is not None else None
     extra.update(clip_model=judge_source, setup_seconds=time.perf_counter() - started)
     return evaluate(pipe, splits, dataset_id=dataset_identity(dataset), batch_size=batch_size, seed=seed,
                     num_inference_steps=steps, guidance_scale=guidance_scale, metrics=metrics,
                     feature_extractor=feature_extractor, cache_dir=cache_dir, device=device, output_dir=output_dir,
                     extra=extra, diversity_prompts=diversity_prompts, diversity_seeds=diversity_seeds, **judges)
-
-
-def _compile_warmup(pipe, splits: dict[str, LabeledSplit], batch_size: int, steps: int | None,
-                    guidance_scale: float, seed: int) -> float:
-    """Run the compiled generator, untimed, on every batch size the timed sampling will use and on the
-    shortest and longest captions (prompts are padded to the longest in their batch, so the text length
-    varies between batches): the recompilations that turn those dimensions dynamic happen here. Seconds."""
-    start = time.perf_counter()
-    sizes = {min(batch_size, len(d)) for d in splits.values()}
-    sizes |= {len(d) % batch_size for d in splits.values()}
-    captions = sorted({c for d in splits.values() for c in d.captions})
-    lengths = [len(ids) for ids in pipe.tokenizer(captions).input_ids]
-    captions = [c for _, c in sorted(zip(lengths, captions))]
-    for n in sorted(sizes - {0}):
-        for prompts in (captions[:n], captions[-n:]):
-            _print(f"torch.compile: warming up the generator on batch {n}")
-            pipe((prompts * n)[:n], num_inference_steps=steps, guidance_scale=guidance_scale,
-                 generator=torch.Generator(pipe._execution_device).manual_seed(seed), output_type="np")
-    return time.perf_counter() - start
 
 
 def load_judges(metrics: Sequence[str], *, clip_model: str | None = None, classifier: str | None = None,
