@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     pipe = load_pipeline(pipeline_path, device=args.device, dtype=args.dtype, compile=args.compile)
     pipe.set_progress_bar_config(disable=True)
     if args.compile:
-        # Compile before the first request: it takes seconds to a minute, longer than a request may wait.
+        # Compile before the first request: compiling can take longer than a request may wait.
         log = logging.getLogger(__name__).info
         seconds = warm_up_compiled(pipe, {1, args.max_batch}, WARM_UP_PROMPTS, log=log)
         log("torch.compile warm-up took %.1f s", seconds)
