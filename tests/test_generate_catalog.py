@@ -238,24 +238,6 @@ def test_dtype_option(pipe_dir, prompts_csv, tmp_path, capsys):
         load_pipeline(str(pipe_dir), backend="onnxruntime", dtype="bfloat16")
 
 
-@pytest.fixture
-def compile_with_eager_backend(monkeypatch):
-    """``nn.Module.compile`` traced by dynamo but run by its eager backend: the wiring of ``--compile``
-    without inductor's code generation (about a minute for the tiny generator on 2 cores; the real
-    backend is exercised by the slow test below and by benchmarks/sampling_speed.py --compile)."""
-    calls = []
-    original = torch.nn.Module.compile
-
-    def compile(self, *args, **kwargs):
-        calls.append(type(self).__name__)
-        return original(self, *args, **{**kwargs, "backend": "eager"})
-
-    monkeypatch.setattr(torch.nn.Module, "compile", compile)
-    torch._dynamo.reset()
-    yield calls
-    torch._dynamo.reset()
-
-
 def _compile_matches_eager(pipe_dir):
     from prodimg.backends import load_pipeline
 
@@ -267,11 +249,11 @@ def _compile_matches_eager(pipe_dir):
     np.testing.assert_allclose(a, b, atol=1e-4)
 
 
-def test_compile_option(compile_with_eager_backend, pipe_dir, prompts_csv, tmp_path, capsys):
+def test_compile_option(eager_compile, pipe_dir, prompts_csv, tmp_path, capsys):
     from prodimg.backends import load_pipeline
 
     _compile_matches_eager(pipe_dir)
-    assert compile_with_eager_backend == ["ProductGenerator"]
+    assert eager_compile == ["ProductGenerator"]
     out = tmp_path / "compiled"
     assert main(["generate", "red dress", "--pipeline", str(pipe_dir), "-n", "2", "-o", str(out),
                  "--compile"]) == 0

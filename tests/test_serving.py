@@ -523,37 +523,29 @@ def test_serve_command_defaults_to_loopback():
     assert build_parser().parse_args(["keys", "add"]).scopes == "generate"
 
 
-def test_serve_command_dtype_and_compile(pipeline_dir, tmp_path, monkeypatch):
+def test_serve_command_dtype_and_compile(pipeline_dir, tmp_path, eager_compile, monkeypatch):
     """--dtype and --compile load the pipeline through prodimg.backends.load_pipeline, and --compile runs the
     warm-up at batch 1 and --max-batch (short and long prompt) before the service starts."""
-    import prodimg.serving as serving
+    from prodimg import serving
 
     served, calls = [], []
-    original_call, original_compile = ProductImagePipeline.__call__, torch.nn.Module.compile
-    original_app = create_app
+    original_call, original_app = ProductImagePipeline.__call__, create_app
 
     def call(self, prompt=None, *args, **kwargs):
         calls.append(len(prompt))
         return original_call(self, prompt, *args, **kwargs)
-
-    def compile(self, *args, **kwargs):
-        return original_compile(self, *args, **{**kwargs, "backend": "eager"})  # dynamo without inductor
 
     def app(pipeline, *args, **kwargs):
         served.append(pipeline)
         return original_app(pipeline, *args, **kwargs)
 
     monkeypatch.setattr(ProductImagePipeline, "__call__", call)
-    monkeypatch.setattr(torch.nn.Module, "compile", compile)
     monkeypatch.setattr(serving, "create_app", app)
     monkeypatch.setattr(serving, "run_server", lambda app, host, port: None)
     argv = ["serve", "--pipeline", str(pipeline_dir), "--api-keys", str(tmp_path / "keys.json"),
             "--audit-log", "none"]
-    torch._dynamo.reset()
-    try:
-        assert main(argv + ["--dtype", "bfloat16", "--compile", "--max-batch", "3"]) == 0
-    finally:
-        torch._dynamo.reset()
+    assert main(argv + ["--dtype", "bfloat16", "--compile", "--max-batch", "3"]) == 0
+    assert eager_compile == ["ProductGenerator"]
     assert calls == [1, 1, 3, 3]  # batch 1 and --max-batch, each with the short and the long prompt
     assert served[0].generator.dtype == torch.bfloat16 and served[0].generator._compiled_call_impl is not None
     calls.clear()
