@@ -146,7 +146,15 @@ def test_eval_command_end_to_end(eval_fixtures, fake_inception, tmp_path, capsys
         assert np.trace(confusion) / n == pytest.approx(m[f"category_accuracy/{split}"])
         assert set(info["real_accuracy"]) == set(info["generated"]["labels"]) == set(CATEGORY_NAMES)
         assert 0 <= m[f"category_accuracy_real/{split}"] <= 1
+        # ... and within each requested colour / pattern: the groups add up to the split's accuracies.
+        assert set(info["by"]) == {"color", "pattern"}
+        for groups in info["by"].values():
+            assert sum(g["n"] for g in groups.values()) == n
+            for who, key in (("generated", "category_accuracy"), ("real", "category_accuracy_real")):
+                right = sum(g[who] * g["n"] for g in groups.values())
+                assert right / n == pytest.approx(m[f"{key}/{split}"])
     assert "category [test] weakest classes:" in printed
+    assert "category [test_unseen_pairs] weakest by color:" in printed
     grid = Image.open(out / "grid.png")
     assert grid.size == (8 * 32, 2 * 1 * 32)  # 8 of 8 test images: one real row + one generated row, 2x upscaled
     assert len(report["grid"]["prompts"]) == 8

@@ -331,6 +331,23 @@ def test_attribute_errors():
         get_metric("category_accuracy").compute(bad)
 
 
+def test_accuracy_by_group():
+    from prodimg.metrics.attributes import accuracy_by_group
+
+    requested = ["coat", "coat", "bag", "coat", "bag"]
+    colours = ["white", "white", "white", "red", np.int64(3)]
+    out = accuracy_by_group(requested, colours, {"generated": ["bag", "coat", "bag", "coat", "coat"],
+                                                 "real": requested})
+    assert out == {"3": {"n": 1, "generated": 0.0, "real": 1.0},
+                   "red": {"n": 1, "generated": 1.0, "real": 1.0},
+                   "white": {"n": 3, "generated": pytest.approx(2 / 3), "real": 1.0}}
+    assert json.loads(json.dumps(out)) == out
+    with pytest.raises(ValueError, match="1 generated predictions for 2 requested"):
+        accuracy_by_group(["a", "b"], ["x", "y"], {"generated": ["a"]})
+    with pytest.raises(ValueError, match="1 group values for 2 requested"):
+        accuracy_by_group(["a", "b"], ["x"], {"generated": ["a", "b"]})
+
+
 def test_per_class_accuracy_confusion():
     from prodimg.metrics.attributes import per_class_accuracy, predict_labels
 

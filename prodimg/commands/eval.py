@@ -77,6 +77,11 @@ def run(args: argparse.Namespace) -> int:
                 for acc, cls in rows
             )
             print(f"{head} [{split}] weakest classes: {worst}")
+            for column, groups in info.get("by", {}).items():
+                rows = sorted(groups.items(), key=lambda kv: kv[1]["generated"])[:3]
+                worst = "; ".join(f"{g} {v['generated']:.0%} (real {v['real']:.0%}, n={v['n']})"
+                                  for g, v in rows)
+                print(f"{head} [{split}] weakest by {column}: {worst}")
     for name, reason in report["skipped"].items():
         print(f"skipped {name}: {reason}")
     return 0

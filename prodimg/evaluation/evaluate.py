@@ -19,7 +19,8 @@ size). Metrics come from the :mod:`prodimg.metrics` registry:
 - for each attribute-classifier head: ``<head>_accuracy_real[/<split>]``, the judge's accuracy on the
   same rows' real images (the ceiling for the generated figure), and under ``"per_class"`` the
   per-class accuracy and confusion matrix of the generated images beside the real images' per-class
-  accuracy.
+  accuracy, and under ``"by"`` the head's accuracy within each value of the split's other label
+  columns (e.g. category accuracy per requested colour), generated beside real.
 
 A metric that cannot run (no CLIP judge, no ``color`` column, a classifier vocabulary that is not the
 dataset's, no Inception weights) is left out with its reason under ``"skipped"``. The report also
@@ -358,9 +359,9 @@ def _per_class(classifier, head: str, splits: dict[str, LabeledSplit], generated
                results: dict[str, float]) -> dict[str, dict]:
     """Per split: where the judge puts the generated images of each requested class (confusion matrix,
     per-class accuracy, most frequent wrong answer), and its per-class accuracy on the split's real
-    images, the ceiling the generated figure is read against. Adds ``<head>_accuracy_real[/<split>]``
-    to ``results``."""
-    from ..metrics.attributes import per_class_accuracy, predict_labels
+    images, the ceiling the generated figure is read against; under ``"by"``, both accuracies within each
+    value of the split's other label columns. Adds ``<head>_accuracy_real[/<split>]`` to ``results``."""
+    from ..metrics.attributes import accuracy_by_group, per_class_accuracy, predict_labels
 
     judge = classifier.head_classifier(head)
     names = classifier.label_names(head)
@@ -368,12 +369,17 @@ def _per_class(classifier, head: str, splits: dict[str, LabeledSplit], generated
     for name, data in splits.items():
         requested = data.labels[head]
         real_pred = predict_labels(judge, data.images)
+        gen_pred = predict_labels(judge, generated[name])
         real = per_class_accuracy(real_pred, requested, names)
         n_right = int(np.trace(real["confusion"]))
         results[f"{head}_accuracy_real/{name}"] = n_right / len(requested)
         right, total = right + n_right, total + len(requested)
-        out[name] = {"generated": per_class_accuracy(predict_labels(judge, generated[name]), requested, names),
-                     "real_accuracy": real["accuracy"]}
+        out[name] = {
+            "generated": per_class_accuracy(gen_pred, requested, names),
+            "real_accuracy": real["accuracy"],
+            "by": {column: accuracy_by_group(requested, values, {"generated": gen_pred, "real": real_pred})
+                   for column, values in sorted(data.labels.items()) if column != head},
+        }
     results[f"{head}_accuracy_real"] = right / total
     return out
 

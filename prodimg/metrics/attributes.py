@@ -117,6 +117,29 @@ def predict_labels(classifier: Callable[[np.ndarray], Sequence[Any]], images: np
     return predicted
 
 
+def accuracy_by_group(requested: Sequence[Any], groups: Sequence[Any],
+                      predictions: dict[str, Sequence[Any]]) -> dict[str, dict[str, Any]]:
+    """Accuracy within each value of another attribute, e.g. category accuracy per requested colour.
+
+    ``predictions`` names one or more lists of answers for the same rows (``{"generated": ...,
+    "real": ...}``). Returns ``{group: {"n": rows, name: fraction right, ...}}``, groups sorted by name.
+    """
+    groups = [str(_label(g)) for g in groups]
+    for name, predicted in predictions.items():
+        if len(predicted) != len(requested):
+            raise ValueError(f"{len(predicted)} {name} predictions for {len(requested)} requested labels")
+    if len(groups) != len(requested):
+        raise ValueError(f"{len(groups)} group values for {len(requested)} requested labels")
+    out: dict[str, dict[str, Any]] = {}
+    for group in sorted(set(groups)):
+        rows = [i for i, g in enumerate(groups) if g == group]
+        out[group] = {"n": len(rows)}
+        for name, predicted in predictions.items():
+            right = sum(_label(predicted[i]) == _label(requested[i]) for i in rows)
+            out[group][name] = right / len(rows)
+    return out
+
+
 def per_class_accuracy(predicted: Sequence[Any], requested: Sequence[Any], names: Sequence[Any]) -> dict[str, Any]:
     """Where a classifier's answers go, class by class.
 
