@@ -6,9 +6,9 @@
 Embeds the captions of the first 6,000 train rows and the first 2,000 test rows (`text_embeds`,
 standardised with the train statistics) and reports, per label column (category, colour,
 pattern), the test accuracy of (1) a linear probe trained on the train embeddings and (2) the
-nearest class centroid. The linear probe says whether the attribute is in the embedding at all;
-the centroid says whether it is a dominant direction, which is closer to what the generator's
-conditioning sees.
+nearest class centroid (overall and per class). The linear probe says whether the attribute is in
+the embedding at all; the centroid says whether it is a dominant direction, which is closer to what
+the generator's conditioning sees.
 """
 
 from __future__ import annotations
@@ -61,8 +61,11 @@ def main() -> None:
             opt.step()
         linear = (probe(x_test).argmax(1) == y_test).float().mean().item()
         centroids = torch.stack([x_train[y_train == k].mean(0) for k in range(n)])
-        nearest = (torch.cdist(x_test, centroids).argmin(1) == y_test).float().mean().item()
-        print(f"{column:9s} linear probe {linear:.3f}   nearest centroid {nearest:.3f}")
+        hit = torch.cdist(x_test, centroids).argmin(1) == y_test
+        print(f"{column:9s} linear probe {linear:.3f}   nearest centroid {hit.float().mean().item():.3f}")
+        names = train.features[column].names
+        per_class = {names[k]: hit[y_test == k].float().mean().item() for k in range(n) if (y_test == k).any()}
+        print("          nearest centroid by class: " + ", ".join(f"{k} {v:.2f}" for k, v in per_class.items()))
 
 
 if __name__ == "__main__":
