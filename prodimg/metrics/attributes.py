@@ -124,19 +124,18 @@ def accuracy_by_group(requested: Sequence[Any], groups: Sequence[Any],
     ``predictions`` names one or more lists of answers for the same rows (``{"generated": ...,
     "real": ...}``). Returns ``{group: {"n": rows, name: fraction right, ...}}``, groups sorted by name.
     """
-    groups = [str(_label(g)) for g in groups]
     for name, predicted in predictions.items():
         if len(predicted) != len(requested):
             raise ValueError(f"{len(predicted)} {name} predictions for {len(requested)} requested labels")
     if len(groups) != len(requested):
         raise ValueError(f"{len(groups)} group values for {len(requested)} requested labels")
+    groups = np.asarray([str(_label(g)) for g in groups])
+    correct = {name: np.asarray([_label(p) == _label(r) for p, r in zip(predicted, requested)], dtype=bool)
+               for name, predicted in predictions.items()}
     out: dict[str, dict[str, Any]] = {}
-    for group in sorted(set(groups)):
-        rows = [i for i, g in enumerate(groups) if g == group]
-        out[group] = {"n": len(rows)}
-        for name, predicted in predictions.items():
-            right = sum(_label(predicted[i]) == _label(requested[i]) for i in rows)
-            out[group][name] = right / len(rows)
+    for group in sorted(set(groups.tolist())):
+        rows = groups == group
+        out[group] = {"n": int(rows.sum()), **{name: float(c[rows].mean()) for name, c in correct.items()}}
     return out
 
 
