@@ -29,6 +29,37 @@ def tiny_text_encoder(seed: int = 0) -> CLIPTextModelWithProjection:
     return CLIPTextModelWithProjection(config).eval()
 
 
+def tiny_clip_model(seed: int = 0, image_size: int = 16):
+    """A tiny random ``CLIPModel`` whose text tower has the shape of :func:`tiny_text_encoder`'s."""
+    from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig
+
+    torch.manual_seed(seed)
+    text = CLIPTextConfig(
+        hidden_size=TINY_TEXT_DIM,
+        intermediate_size=37,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        projection_dim=TINY_TEXT_DIM,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=TINY_TEXT_DIM,
+        intermediate_size=37,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=4,
+        projection_dim=TINY_TEXT_DIM,
+    )
+    config = CLIPConfig(
+        text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=TINY_TEXT_DIM
+    )
+    return CLIPModel(config).eval()
+
+
 def tiny_generator(seed: int = 0, sample_size: int = 16, num_train_timesteps: int = 4) -> ProductGenerator:
     torch.manual_seed(seed)
     return ProductGenerator(

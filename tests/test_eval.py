@@ -11,12 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from prodimg.data import BASIC_COLORS, CATEGORY_NAMES, COLOR_NAMES, PATTERN_NAMES
 from prodimg.evaluation.evaluate import ALL_METRICS, generate_for_captions, resolve_clip_model, run_eval
-from prodimg.testing import TINY_TEXT_DIM, make_tiny_pipeline
+from prodimg.testing import make_tiny_pipeline, tiny_clip_model
 
 
 # ---------------------------------------------------------------------------------------- shared fixtures
@@ -49,19 +48,6 @@ def make_labeled_dataset(path: Path, splits: dict[str, int], size: int = 16, see
     return path
 
 
-def tiny_clip(seed: int = 0, image_size: int = 16):
-    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
-
-    torch.manual_seed(seed)
-    text = CLIPTextConfig(hidden_size=TINY_TEXT_DIM, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
-                          max_position_embeddings=77, projection_dim=TINY_TEXT_DIM, bos_token_id=49406,
-                          eos_token_id=49407, pad_token_id=49407)
-    vision = CLIPVisionConfig(hidden_size=TINY_TEXT_DIM, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
-                              image_size=image_size, patch_size=4, projection_dim=TINY_TEXT_DIM)
-    return CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(),
-                                projection_dim=TINY_TEXT_DIM)).eval()
-
-
 class TinyFeatures:
     """Deterministic 12-d features (channel means and a 2x2 grey thumbnail) instead of Inception."""
 
@@ -85,7 +71,7 @@ def eval_fixtures(tmp_path_factory):
     make_labeled_dataset(root / "data", {"test": 10, "test_unseen_pairs": 6})
     pipe = make_tiny_pipeline(sample_size=16)
     pipe.save_pretrained(root / "pipe")
-    save_clip_judge(root / "pipe" / "clip", tiny_clip(), load_clip_tokenizer(), [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
+    save_clip_judge(root / "pipe" / "clip", tiny_clip_model(), load_clip_tokenizer(), [0.5] * 3, [0.25] * 3)
     pipe.save_pretrained(root / "pipe_no_clip")
     return root
 
@@ -217,8 +203,11 @@ def test_generation_is_per_row_deterministic():
     b, _ = generate_for_captions(pipe, captions, batch_size=5, seed=7)
     c, _ = generate_for_captions(pipe, captions[3:], batch_size=1, seed=10)
     assert a.dtype == np.uint8 and a.shape == (5, 16, 16, 3)
-    np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(a[3:], c)
+    # Same images whatever the batching, up to float rounding at a uint8 step: on one thread, CPU kernels
+    # for batch 2 and batch 5 differ in the last bit and flip about 0.03 % of the pixels by 1.
+    for x, y in ((a, b), (a[3:], c)):
+        diff = np.abs(x.astype(int) - y)
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.01
 
 
 def test_all_metrics_are_registered_or_derived():
