@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from prodimg import ProductImagePipeline
-from prodimg.testing import make_tiny_pipeline, tiny_discriminator, tiny_generator
+from prodimg.testing import make_tiny_pipeline, tiny_clip_model, tiny_discriminator, tiny_generator
 from prodimg.training import checkpointing as ckpt
 from prodimg.training.augment import diff_augment
 from prodimg.training.gan import SUMMARY_FILE, GANTrainer, build_parser, main, parse_args, train_product_gan
@@ -543,6 +543,7 @@ def test_repeated_nonfinite_steps_stop_the_run_cleanly(fixtures, tmp_path, monke
         ({"train_batch_size": 0}, "--train_batch_size must be > 0"),
         ({"diffaugment": "color,blur"}, "unknown DiffAugment policy"),
         ({"early_stopping_patience": 2}, "needs the validation FID"),
+        ({"clip_guidance_model": "x", "clip_guidance_weight": 0}, "--clip_guidance_weight must be > 0"),
     ],
 )
 def test_bad_arguments_stop_before_training(fixtures, tmp_path, override, message, capsys):
@@ -656,6 +657,107 @@ def test_diffaugment_is_identical_for_both_images_of_a_pair():
     _, b1 = diff_augment([x, y], policy=("translation", "cutout"), generator=torch.Generator().manual_seed(2))
     _, b2 = diff_augment([y, y], policy=("translation", "cutout"), generator=torch.Generator().manual_seed(2))
     assert torch.equal(b1, b2) and torch.equal(a1, a2)
+
+
+# ------------------------------------------------------------------------------------- CLIP guidance
+@pytest.fixture(scope="module")
+def clips(fixtures):
+    """Two tiny CLIPs; the first one's text tower conditions the generator of runs started from it."""
+    from prodimg.evaluation.clip import save_clip_judge
+    from prodimg.text import load_clip_tokenizer
+
+    for name, seed in (("clip", 0), ("other_clip", 1)):
+        if not (fixtures / name).exists():
+            model = tiny_clip_model(seed)
+            save_clip_judge(fixtures / name, model, load_clip_tokenizer(), [0.5] * 3, [0.25] * 3)
+    return fixtures / "clip", fixtures / "other_clip"
+
+
+def test_clip_guidance_term_trains_the_generator(fixtures, clips, tmp_path, monkeypatch):
+    from prodimg.training.clip_guidance import CLIPGuidance
+
+    calls = []
+    original = CLIPGuidance.loss
+
+    def spy(self, images, text_embeds, keep=None, generator=None):
+        value = original(self, images, text_embeds, keep, generator)
+        calls.append((images.requires_grad, float(value.detach())))
+        return value
+
+    monkeypatch.setattr(CLIPGuidance, "loss", spy)
+    out = tmp_path / "out"
+    summary = train_product_gan(
+        **base_args(
+            fixtures,
+            out,
+            pretrained_model_name_or_path=str(clips[0]),
+            generator_config=str(fixtures / "gcfg.json"),
+            clip_guidance_model=str(clips[0]),
+            clip_guidance_weight=2.0,
+            max_train_steps=2,
+            validation_steps=100,
+        )
+    )
+    assert summary["global_step"] == 2
+    assert len(calls) == 2 and all(grad and 0 <= v <= 2 for grad, v in calls)
+    assert f"{clips[0]}, weight 2.0" in (out / "README.md").read_text()
+
+
+@pytest.mark.parametrize("start", ["pipe", "clip"])
+def test_clip_guidance_with_another_text_tower_is_refused(fixtures, clips, tmp_path, start, capsys):
+    """The pipeline's own text encoder (tiny_text_encoder) and a CLIP of another seed embed differently."""
+    extra = {"generator_config": str(fixtures / "gcfg.json")} if start == "clip" else {}
+    args = base_args(
+        fixtures,
+        tmp_path / "out",
+        pretrained_model_name_or_path=str(fixtures / start),
+        clip_guidance_model=str(clips[1]),
+        **extra,
+    )
+    assert main(to_argv(args)) == 2
+    assert "has a different text tower from the pipeline's text encoder" in capsys.readouterr().err
+    assert not list((tmp_path / "out").glob("checkpoint-*"))
+
+
+def test_clip_guidance_loss():
+    from prodimg.evaluation.clip import CLIPJudge
+    from prodimg.metrics.clip_score import clip_preprocess
+    from prodimg.text import load_clip_tokenizer
+    from prodimg.training.clip_guidance import CLIPGuidance
+
+    model = tiny_clip_model()
+    guide = CLIPGuidance(CLIPJudge(model, load_clip_tokenizer(), [0.5] * 3, [0.25] * 3, "tiny"))
+    gen = torch.Generator().manual_seed(0)
+    uint8 = torch.randint(0, 256, (4, 16, 16, 3), generator=gen, dtype=torch.uint8)
+    images = (uint8.permute(0, 3, 1, 2).float() / 255 * 2 - 1).requires_grad_(True)
+    # Without the translation, the image side is exactly what the CLIP score sees.
+    guide.translate = ()
+    pixels = clip_preprocess(uint8.numpy(), 16, [0.5] * 3, [0.25] * 3)
+    expected = model.get_image_features(pixel_values=pixels)
+    expected = getattr(expected, "pooler_output", expected)
+    torch.testing.assert_close(guide.image_embeds(images), expected, atol=1e-5, rtol=1e-4)
+    # The translation fills with white: a white image is unchanged by it.
+    white = torch.ones(2, 3, 16, 16)
+    plain = guide.image_embeds(white)
+    guide.translate = ("translation",)
+    torch.testing.assert_close(guide.image_embeds(white, gen), plain)
+
+    text = guide.text_embeds(["red dress", "blue bag", "green sneaker", "black shirt"])
+    loss = guide.loss(images, text, generator=gen)
+    (grad,) = torch.autograd.grad(loss, images)
+    assert 0 <= float(loss) <= 2 and grad.abs().sum() > 0
+    keep = torch.tensor([True, False, True, False])
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    cos = torch.nn.functional.cosine_similarity(guide.image_embeds(images, g1), text)
+    torch.testing.assert_close(guide.loss(images, text, keep, g2), (1 - cos[keep]).mean())
+    (grad,) = torch.autograd.grad(guide.loss(images, text, keep), images)
+    assert grad[1].abs().sum() == 0 and grad[3].abs().sum() == 0  # dropped rows get no gradient
+    assert float(guide.loss(images, text, torch.zeros(4, dtype=torch.bool))) == 0
+    assert guide.check_text_tower(["red dress"], text[:1]) > 0.999
+    with pytest.raises(ValueError, match="different text tower"):
+        guide.check_text_tower(["red dress"], torch.randn(1, text.shape[1], generator=gen))
+    with pytest.raises(ValueError, match="embeds into 32 dimensions"):
+        guide.check_text_tower(["red dress"], torch.randn(1, 7))
 
 
 def test_mismatched_captions_never_pair_identical_texts():

@@ -40,6 +40,17 @@ def clip_preprocess(
     """uint8 (N, H, W, 3) -> normalised float (N, 3, image_size, image_size)."""
     check_uint8_images(images)
     x = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float() / 255.0
+    return clip_pixels(x, image_size, mean, std).to(dtype)
+
+
+def clip_pixels(
+    x: torch.Tensor, image_size: int, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """Float images in [0, 1], (N, 3, H, W) -> CLIP's input (N, 3, image_size, image_size); differentiable.
+
+    The shorter side is resized to ``image_size`` (bilinear, antialiased when shrinking), the longer
+    one centre-cropped, and pixels normalised with ``mean`` / ``std``.
+    """
     h, w = x.shape[-2:]
     scale = image_size / min(h, w)
     new_h, new_w = max(image_size, round(h * scale)), max(image_size, round(w * scale))
@@ -47,9 +58,9 @@ def clip_preprocess(
         x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=scale < 1)
     top, left = (new_h - image_size) // 2, (new_w - image_size) // 2
     x = x[..., top : top + image_size, left : left + image_size]
-    mean_t = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
-    return ((x - mean_t) / std_t).to(dtype)
+    mean_t = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean_t) / std_t
 
 
 @torch.inference_mode()

@@ -11,7 +11,9 @@ One training step (``--gradient_accumulation_steps`` micro-batches per network):
    using ``ProductDiscriminator.text_logits`` on the real features (no second forward) + lazy R1 on
    real pairs every ``--r1_interval`` steps (gradient with respect to the less noisy real image ``x_t``,
    before DiffAugment, as in DDGAN; scaled by the interval).
-3. Generator: non-saturating loss on fresh fake pairs through the (frozen-for-this-phase) D.
+3. Generator: non-saturating loss on fresh fake pairs through the (frozen-for-this-phase) D, plus,
+   with ``--clip_guidance_model``, ``--clip_guidance_weight`` x (1 - cos) between a frozen CLIP's
+   embedding of the predicted ``x_0`` and the caption's (:mod:`prodimg.training.clip_guidance`).
 4. EMA of G after each generator step; LR schedulers step once per training step.
 
 Every optimizer step goes through :func:`prodimg.training.precision.guarded_step` (fp16 loss
@@ -52,6 +54,7 @@ from ..utils import atomic_directory, atomic_write_bytes, atomic_write_text
 from .args import add_data_args, add_hub_args, add_optimizer_args, add_run_args, check_common_args
 from .augment import diff_augment, parse_policy
 from .checkpointing import load_checkpoint, resolve_resume_checkpoint, save_checkpoint
+from .clip_guidance import CLIPGuidance
 from .hub import files_to_upload, push_folder_to_hub, render_pipeline_card, write_model_card
 from .losses import discriminator_loss, generator_loss, matching_loss, mismatched_captions, r1_penalty
 from .precision import MixedPrecision, NonFiniteGuard, NonFiniteTrainingError, guarded_step
@@ -143,6 +146,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="Weight of the matching-aware term (real image + wrong caption = fake); 0 disables.",
     )
     g.add_argument(
+        "--clip_guidance_model",
+        type=str,
+        default=None,
+        help="A CLIP (folder, train_clip.py output or Hub id) whose text tower is the pipeline's text "
+        "encoder: adds its image-text distance on the generated images to the generator's loss.",
+    )
+    g.add_argument(
+        "--clip_guidance_weight",
+        type=float,
+        default=0.5,
+        help="Weight of the CLIP guidance term (with --clip_guidance_model).",
+    )
+    g.add_argument(
         "--cond_drop_prob",
         type=float,
         default=0.1,
@@ -203,6 +219,8 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(f"--r1_interval must be >= 1, got {args.r1_interval}")
     if args.matching_loss_weight < 0:
         raise ValueError(f"--matching_loss_weight must be >= 0, got {args.matching_loss_weight}")
+    if args.clip_guidance_model is not None and not args.clip_guidance_weight > 0:
+        raise ValueError(f"--clip_guidance_weight must be > 0, got {args.clip_guidance_weight}")
     if not 0 <= args.cond_drop_prob < 1:
         raise ValueError(f"--cond_drop_prob must be in [0, 1), got {args.cond_drop_prob}")
     if not 0 <= args.ema_decay <= 1:
@@ -541,12 +559,26 @@ class GANTrainer:
             )
             # Encode every caption once, in a fixed order: embeddings do not depend on batch composition
             # (so a resumed run sees bit-identical conditioning) and training never waits for the encoder.
-            new = self.cache.precompute(_distinct_captions(train_data[args.caption_column]) + [""])
+            captions = _distinct_captions(train_data[args.caption_column])
+            new = self.cache.precompute(captions + [""])
             if new and args.embedding_cache_dir and accelerator.is_main_process:
                 self.cache.save()
         logger.info(f"Prompt-embedding cache: {len(self.cache)} captions ({new} encoded now)")
         self._pack_cache_on_device()
         self.empty = self.cache.encode([""], device=self.device)
+        self.clip_guidance: CLIPGuidance | None = None
+        if args.clip_guidance_model:
+            self.clip_guidance = CLIPGuidance.from_pretrained(
+                args.clip_guidance_model, self.device, cache_dir=args.cache_dir
+            )
+            probe = captions[:: max(1, len(captions) // 64)][:64]
+            worst = self.clip_guidance.check_text_tower(
+                probe, self.cache.encode(probe, device=self.device).pooled_prompt_embeds
+            )
+            logger.info(
+                f"CLIP guidance from {self.clip_guidance.source} (weight {args.clip_guidance_weight}; "
+                f"its text embeddings match the conditioning, cosine >= {worst:.4f})"
+            )
 
         # 4. Optimizers, LR schedules, EMA.
         G, D = c.generator, c.discriminator
@@ -806,7 +838,12 @@ class GANTrainer:
                     samples, noisy = diff_augment([x_t_fake, x_tp1], self.policy, gen)
                     with prec.autocast():
                         loss_g = generator_loss(D_mod(samples, noisy, t, pooled).logits)
-                    loss = loss_g / n
+                        loss = loss_g
+                        if self.clip_guidance is not None:
+                            loss_clip = self.clip_guidance.loss(x0_fake, pooled, keep=~dropped, generator=gen)
+                            loss = loss + args.clip_guidance_weight * loss_clip
+                            add("loss/g_clip", loss_clip.detach())
+                    loss = loss / n
                     finite &= torch.isfinite(loss.detach())
                     acc.backward(prec.scale(loss))
                 add("loss/g", loss_g.detach())
@@ -839,7 +876,7 @@ class GANTrainer:
         )
         if prec.scaler is not None:
             stats["amp/loss_scale"] = float(prec.scaler.get_scale())
-        for key in ("loss/d_real", "loss/d_fake", "loss/g", "loss/d_match", "r1_penalty"):
+        for key in ("loss/d_real", "loss/d_fake", "loss/g", "loss/g_clip", "loss/d_match", "r1_penalty"):
             if key in stats and not math.isfinite(stats[key]):
                 stats[key] = float("nan")
         return stats
@@ -1092,6 +1129,11 @@ class GANTrainer:
             "R1": f"gamma {args.r1_gamma}, every {args.r1_interval} steps",
             "DiffAugment": args.diffaugment,
             "matching-aware loss weight": args.matching_loss_weight,
+            "CLIP guidance": (
+                f"{args.clip_guidance_model}, weight {args.clip_guidance_weight}"
+                if args.clip_guidance_model
+                else "off"
+            ),
             "condition dropout": args.cond_drop_prob,
             "EMA decay": args.ema_decay,
             "saved generator": summary["saved_generator"],
