@@ -12,9 +12,9 @@ from .text import load_clip_tokenizer
 TINY_TEXT_DIM = 32
 
 
-def tiny_text_encoder(seed: int = 0) -> CLIPTextModelWithProjection:
-    torch.manual_seed(seed)
-    config = CLIPTextConfig(
+def tiny_text_config() -> CLIPTextConfig:
+    """The text tower of every tiny component: 2 layers, width 32, the real CLIP vocabulary."""
+    return CLIPTextConfig(
         vocab_size=49408,
         hidden_size=TINY_TEXT_DIM,
         intermediate_size=37,
@@ -26,7 +26,11 @@ def tiny_text_encoder(seed: int = 0) -> CLIPTextModelWithProjection:
         eos_token_id=49407,
         pad_token_id=49407,
     )
-    return CLIPTextModelWithProjection(config).eval()
+
+
+def tiny_text_encoder(seed: int = 0) -> CLIPTextModelWithProjection:
+    torch.manual_seed(seed)
+    return CLIPTextModelWithProjection(tiny_text_config()).eval()
 
 
 def tiny_clip_model(seed: int = 0, image_size: int = 16):
@@ -34,17 +38,6 @@ def tiny_clip_model(seed: int = 0, image_size: int = 16):
     from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig
 
     torch.manual_seed(seed)
-    text = CLIPTextConfig(
-        hidden_size=TINY_TEXT_DIM,
-        intermediate_size=37,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        max_position_embeddings=77,
-        projection_dim=TINY_TEXT_DIM,
-        bos_token_id=49406,
-        eos_token_id=49407,
-        pad_token_id=49407,
-    )
     vision = CLIPVisionConfig(
         hidden_size=TINY_TEXT_DIM,
         intermediate_size=37,
@@ -55,7 +48,7 @@ def tiny_clip_model(seed: int = 0, image_size: int = 16):
         projection_dim=TINY_TEXT_DIM,
     )
     config = CLIPConfig(
-        text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=TINY_TEXT_DIM
+        text_config=tiny_text_config().to_dict(), vision_config=vision.to_dict(), projection_dim=TINY_TEXT_DIM
     )
     return CLIPModel(config).eval()
 
