@@ -27,7 +27,15 @@ from prodimg import ProductImagePipeline
 from prodimg.testing import make_tiny_pipeline, tiny_clip_model, tiny_discriminator, tiny_generator
 from prodimg.training import checkpointing as ckpt
 from prodimg.training.augment import diff_augment
-from prodimg.training.gan import SUMMARY_FILE, GANTrainer, build_parser, main, parse_args, train_product_gan
+from prodimg.training.gan import (
+    DEFAULT_DISCRIMINATOR_WARMUP,
+    SUMMARY_FILE,
+    GANTrainer,
+    build_parser,
+    main,
+    parse_args,
+    train_product_gan,
+)
 from prodimg.training.losses import mismatched_captions
 from prodimg.training.precision import NonFiniteTrainingError
 from prodimg.training.sampler import ResumableBatchSampler
@@ -117,6 +125,7 @@ def base_args(fx: Path, out: Path, **overrides) -> dict:
         "num_validation_images": 2,
         "validation_fid_num_images": 0,
         "r1_interval": 2,
+        "discriminator_warmup_steps": 0,  # the tiny fixture pipeline has no discriminator: train G from step 1
         "report_to": "none",
         "seed": 0,
     }
@@ -544,6 +553,7 @@ def test_repeated_nonfinite_steps_stop_the_run_cleanly(fixtures, tmp_path, monke
         ({"diffaugment": "color,blur"}, "unknown DiffAugment policy"),
         ({"early_stopping_patience": 2}, "needs the validation FID"),
         ({"clip_guidance_model": "x", "clip_guidance_weight": 0}, "--clip_guidance_weight must be > 0"),
+        ({"discriminator_warmup_steps": -1}, "--discriminator_warmup_steps must be >= 0"),
     ],
 )
 def test_bad_arguments_stop_before_training(fixtures, tmp_path, override, message, capsys):
@@ -567,6 +577,66 @@ def test_bad_dataset_or_model_stops_before_training(fixtures, tmp_path, override
     assert main(to_argv(base_args(fixtures, out, **override))) == 2
     assert message in capsys.readouterr().err
     assert not list(out.glob("checkpoint-*")) and not (out / "model_index.json").exists()
+
+
+def _weights(out: Path, step: int, net: str) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(out / f"checkpoint-{step}" / net / "model.safetensors")
+
+
+@pytest.mark.parametrize("warmup", [None, 2])
+def test_discriminator_warmup_leaves_the_generator_alone(fixtures, tmp_path, monkeypatch, warmup):
+    """A pretrained generator meeting a new discriminator: by default (and with the flag) the first steps
+    train only the discriminator; the generator moves from the first step after the warm-up, and a run
+    resumed from inside the warm-up ends bitwise where the straight run does."""
+    from prodimg.training import gan
+
+    monkeypatch.setattr(gan, "DEFAULT_DISCRIMINATOR_WARMUP", 2)  # the default, shrunk to the tiny run
+    start = ProductImagePipeline.from_pretrained(fixtures / "pipe").generator.state_dict()
+    out = tmp_path / "out"
+    args = base_args(fixtures, out, discriminator_warmup_steps=warmup, checkpointing_steps=1)
+    train_product_gan(**args)
+    g2 = _weights(out, 2, "generator")
+    assert all(torch.equal(g2[k], start[k].float()) for k in start)  # untouched through the warm-up
+    d1, d2 = _weights(out, 1, "discriminator"), _weights(out, 2, "discriminator")
+    assert any(not torch.equal(d1[k], d2[k]) for k in d1)  # the discriminator trains
+    g3 = _weights(out, 3, "generator")
+    assert any(not torch.equal(g3[k], g2[k]) for k in g2)  # the generator trains after it
+    assert "new, 2 warm-up steps" in (out / "README.md").read_text()
+
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(out / "checkpoint-1", resumed / "checkpoint-1")
+    train_product_gan(**{**args, "output_dir": str(resumed), "resume_from_checkpoint": "latest"})
+    for f in sorted(p.relative_to(out / "checkpoint-3") for p in (out / "checkpoint-3").rglob("*.safetensors")):
+        assert (out / "checkpoint-3" / f).read_bytes() == (resumed / "checkpoint-3" / f).read_bytes(), f
+
+
+def test_no_default_warmup_for_a_saved_discriminator_or_a_new_generator(fixtures, tmp_path):
+    from prodimg.training.gan import discriminator_warmup, load_components
+
+    first = tmp_path / "first"
+    train_product_gan(**base_args(fixtures, first, max_train_steps=1))  # its output has discriminator/
+    cases = {
+        str(fixtures / "pipe"): (str(fixtures / "dcfg.json"), DEFAULT_DISCRIMINATOR_WARMUP),  # pipeline without a discriminator
+        str(first): ("preset", 0),  # continues the saved discriminator
+        str(fixtures / "text_encoder_only"): (str(fixtures / "dcfg.json"), 0),  # new generator too
+    }
+    for path, (d_config, expected) in cases.items():
+        args = parse_args(
+            to_argv(
+                base_args(
+                    fixtures,
+                    tmp_path / "x",
+                    pretrained_model_name_or_path=path,
+                    discriminator_config=d_config,
+                    generator_config=str(fixtures / "gcfg.json") if "text_encoder_only" in path else "preset",
+                    discriminator_warmup_steps=None,
+                )
+            )
+        )
+        assert discriminator_warmup(args, load_components(args)) == expected, path
 
 
 # ------------------------------------------------------------------------------------- validation

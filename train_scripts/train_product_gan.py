@@ -9,8 +9,9 @@ folder, on the fashion catalog at 32 px::
         --resolution 32 --train_batch_size 64 --max_train_steps 20000 \
         --mixed_precision bf16 --output_dir runs/fashion-32
 
-Continue or fine-tune a saved pipeline (its generator; its ``discriminator/`` folder if present),
-resuming the newest complete checkpoint of the run folder if there is one::
+Continue or fine-tune a saved pipeline (its generator; its ``discriminator/`` folder if present,
+else a new discriminator that alone trains for the first ``--discriminator_warmup_steps``, default
+200), resuming the newest complete checkpoint of the run folder if there is one::
 
     accelerate launch train_scripts/train_product_gan.py \
         --pretrained_model_name_or_path pipelines/prodimg-fashion-32 \

@@ -16,6 +16,12 @@ One training step (``--gradient_accumulation_steps`` micro-batches per network):
    embedding of the predicted ``x_0`` and the caption's (:mod:`prodimg.training.clip_guidance`).
 4. EMA of G after each generator step; LR schedulers step once per training step.
 
+A pretrained generator paired with a new discriminator (a pipeline saved without its discriminator,
+such as the shipped default) is first met by a discriminator that cannot tell real from fake, and its
+gradients wreck the generator within a few hundred steps. ``--discriminator_warmup_steps`` (by default
+:data:`DEFAULT_DISCRIMINATOR_WARMUP` in that case, else 0) trains only the discriminator for the first
+steps: the generator, its EMA and its optimizer are untouched until the discriminator has caught up.
+
 Every optimizer step goes through :func:`prodimg.training.precision.guarded_step` (fp16 loss
 scaling, non-finite skip, consistent across processes). Mixed precision is handled by
 :class:`MixedPrecision` (autocast, and a GradScaler for fp16) on every device, so the
@@ -57,7 +63,7 @@ from .checkpointing import load_checkpoint, resolve_resume_checkpoint, save_chec
 from .clip_guidance import CLIPGuidance
 from .hub import files_to_upload, push_folder_to_hub, render_pipeline_card, write_model_card
 from .losses import discriminator_loss, generator_loss, matching_loss, mismatched_captions, r1_penalty
-from .precision import MixedPrecision, NonFiniteGuard, NonFiniteTrainingError, guarded_step
+from .precision import MixedPrecision, NonFiniteGuard, NonFiniteTrainingError, StepResult, guarded_step
 from .sampler import ResumableBatchSampler, endless_batches
 from .state import Deadline, TrainerState, capture_rng_state, restore_rng_state
 from .tracking import Throughput, init_trackers, log_image, progress_bar, setup_logging
@@ -71,6 +77,9 @@ DEFAULT_VALIDATION_PROMPTS = [
     "black leather ankle boot",
     "white sneaker, product photo",
 ]
+#: Discriminator-only steps when a pretrained generator meets a new discriminator (see the module docstring).
+DEFAULT_DISCRIMINATOR_WARMUP = 200
+
 # Test-only hook: global steps (1-based) whose discriminator loss is forced to NaN: "3", "2,3", "4-", "all".
 NONFINITE_ENV = "PRODIMG_TEST_FORCE_NONFINITE"
 SUMMARY_FILE = "training_summary.json"
@@ -159,6 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="Weight of the CLIP guidance term (with --clip_guidance_model).",
     )
     g.add_argument(
+        "--discriminator_warmup_steps",
+        type=int,
+        default=None,
+        help="Train only the discriminator for the first N steps (counted in --max_train_steps). Default: "
+        f"{DEFAULT_DISCRIMINATOR_WARMUP} when a pretrained generator meets a new discriminator, else 0.",
+    )
+    g.add_argument(
         "--cond_drop_prob",
         type=float,
         default=0.1,
@@ -221,6 +237,8 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(f"--matching_loss_weight must be >= 0, got {args.matching_loss_weight}")
     if args.clip_guidance_model is not None and not args.clip_guidance_weight > 0:
         raise ValueError(f"--clip_guidance_weight must be > 0, got {args.clip_guidance_weight}")
+    if args.discriminator_warmup_steps is not None and args.discriminator_warmup_steps < 0:
+        raise ValueError(f"--discriminator_warmup_steps must be >= 0, got {args.discriminator_warmup_steps}")
     if not 0 <= args.cond_drop_prob < 1:
         raise ValueError(f"--cond_drop_prob must be in [0, 1), got {args.cond_drop_prob}")
     if not 0 <= args.ema_decay <= 1:
@@ -319,6 +337,7 @@ class Components:
     discriminator: ProductDiscriminator
     scheduler: DDGANScheduler
     source: str  # "pipeline" or "text_encoder"
+    discriminator_source: str = "new"  # "saved" (continued from the pipeline's folder) or "new"
 
 
 def _pooled_dim(text_encoder) -> int:
@@ -419,6 +438,7 @@ def load_components(args: argparse.Namespace) -> Components:
                     f"the saved discriminator in {saved_d} has {key}={discriminator.config[key]}, need {value}"
                 )
         logger.info(f"Continuing with the discriminator saved in {saved_d}")
+        d_source = "saved"
     else:
         cfg = model_config(
             args.discriminator_config,
@@ -429,9 +449,18 @@ def load_components(args: argparse.Namespace) -> Components:
             fixed,
         )
         discriminator = _build(ProductDiscriminator, cfg, "discriminator")
+        d_source = "new"
     text_encoder.requires_grad_(False)
     text_encoder.eval()
-    return Components(tokenizer, text_encoder, generator, discriminator.train(), scheduler, source)
+    return Components(tokenizer, text_encoder, generator, discriminator.train(), scheduler, source, d_source)
+
+
+def discriminator_warmup(args: argparse.Namespace, c: Components) -> int:
+    """Steps that train only the discriminator: the flag, or by default
+    :data:`DEFAULT_DISCRIMINATOR_WARMUP` when a pretrained generator meets a new discriminator."""
+    if args.discriminator_warmup_steps is not None:
+        return args.discriminator_warmup_steps
+    return DEFAULT_DISCRIMINATOR_WARMUP if (c.source, c.discriminator_source) == ("pipeline", "new") else 0
 
 
 # ============================================================================================ helpers
@@ -582,6 +611,12 @@ class GANTrainer:
 
         # 4. Optimizers, LR schedules, EMA.
         G, D = c.generator, c.discriminator
+        self.d_warmup = discriminator_warmup(args, c)
+        if self.d_warmup:
+            logger.info(
+                f"Discriminator warm-up: steps 1-{self.d_warmup} train only the {c.discriminator_source} "
+                f"discriminator against the {c.source}'s generator"
+            )
         betas = (args.adam_beta1, args.adam_beta2)
         self.opt_g = opt_g = torch.optim.AdamW(
             G.parameters(),
@@ -820,7 +855,45 @@ class GANTrainer:
             add("d_accuracy/fake", (fake_logits.detach() < 0).float().mean())
         res_d = guarded_step(self.opt_d, self.D.parameters(), finite, prec, acc, args.max_grad_norm)
 
-        # ---- generator (D frozen for this phase; called unwrapped so DDP(D) expects no gradients)
+        if step_no > self.d_warmup:
+            res_g = self._generator_step(conds, add)
+        else:  # discriminator warm-up: G, its EMA and its optimizer stay as they are
+            res_g = StepResult(stepped=False)
+        with warnings.catch_warnings():  # the schedule follows the global step, also when a step was skipped
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+            self.lr_g.step()
+            self.lr_d.step()
+        self.state.step = step_no
+        self.state.images_seen += self.state.global_batch_size
+        bad = self.guard.update(step_no, res_d, res_g, last_checkpoint=self.last_checkpoint)
+        if bad:
+            logger.warning(
+                f"step {step_no}: non-finite loss or gradient, optimizer step skipped "
+                f"({self.guard.consecutive} in a row, {self.guard.total_nonfinite} in total)"
+            )
+        stats = dict(zip(pending, torch.stack(list(pending.values())).tolist()))
+        stats.update(
+            {
+                "skipped/nonfinite_total": self.guard.total_nonfinite,
+                "skipped/amp_overflow_total": self.guard.total_overflow,
+                "skipped/nonfinite_step": float(bad),
+                "lr/generator": self.lr_g.get_last_lr()[0],
+                "lr/discriminator": self.lr_d.get_last_lr()[0],
+            }
+        )
+        if prec.scaler is not None:
+            stats["amp/loss_scale"] = float(prec.scaler.get_scale())
+        for key in ("loss/d_real", "loss/d_fake", "loss/g", "loss/g_clip", "loss/d_match", "r1_penalty"):
+            if key in stats and not math.isfinite(stats[key]):
+                stats[key] = float("nan")
+        return stats
+
+
+    def _generator_step(self, conds: list[tuple], add) -> StepResult:
+        """The generator phase of a step (D frozen for it; called unwrapped so DDP(D) expects no gradients)."""
+        args, acc, sched, gen, prec = self.args, self.accelerator, self.scheduler, self.gen, self.precision
+        G_mod, D_mod = acc.unwrap_model(self.G), acc.unwrap_model(self.D)
+        n, z_dim = len(conds), G_mod.config.z_dim
         D_mod.requires_grad_(False)
         finite = torch.ones((), dtype=torch.bool, device=self.device)
         try:
@@ -852,34 +925,7 @@ class GANTrainer:
         res_g = guarded_step(self.opt_g, self.G.parameters(), finite, prec, acc, args.max_grad_norm)
         if res_g.stepped:
             self.ema.step(G_mod.parameters())
-        with warnings.catch_warnings():  # the schedule follows the global step, also when a step was skipped
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
-            self.lr_g.step()
-            self.lr_d.step()
-        self.state.step = step_no
-        self.state.images_seen += self.state.global_batch_size
-        bad = self.guard.update(step_no, res_d, res_g, last_checkpoint=self.last_checkpoint)
-        if bad:
-            logger.warning(
-                f"step {step_no}: non-finite loss or gradient, optimizer step skipped "
-                f"({self.guard.consecutive} in a row, {self.guard.total_nonfinite} in total)"
-            )
-        stats = dict(zip(pending, torch.stack(list(pending.values())).tolist()))
-        stats.update(
-            {
-                "skipped/nonfinite_total": self.guard.total_nonfinite,
-                "skipped/amp_overflow_total": self.guard.total_overflow,
-                "skipped/nonfinite_step": float(bad),
-                "lr/generator": self.lr_g.get_last_lr()[0],
-                "lr/discriminator": self.lr_d.get_last_lr()[0],
-            }
-        )
-        if prec.scaler is not None:
-            stats["amp/loss_scale"] = float(prec.scaler.get_scale())
-        for key in ("loss/d_real", "loss/d_fake", "loss/g", "loss/g_clip", "loss/d_match", "r1_penalty"):
-            if key in stats and not math.isfinite(stats[key]):
-                stats[key] = float("nan")
-        return stats
+        return res_g
 
     # ------------------------------------------------------------------------------------ validation
     def ema_generator(self) -> ProductGenerator:
@@ -1015,7 +1061,7 @@ class GANTrainer:
                 bar.update(1)
                 bar.set_postfix(
                     d=f"{logs['loss/d_real'] + logs['loss/d_fake']:.3f}",
-                    g=f"{logs['loss/g']:.3f}",
+                    g=f"{logs['loss/g']:.3f}" if "loss/g" in logs else "warm-up",
                     skipped=self.guard.total_nonfinite,
                 )
                 stop = False
@@ -1135,6 +1181,7 @@ class GANTrainer:
                 else "off"
             ),
             "condition dropout": args.cond_drop_prob,
+            "discriminator": f"{c.discriminator_source}, {self.d_warmup} warm-up steps",
             "EMA decay": args.ema_decay,
             "saved generator": summary["saved_generator"],
             "stop reason": summary["stop_reason"],
