@@ -7,6 +7,7 @@
 #   SECS=370 bash .gpu_bundle/run.sh                                           # there, from the repo root
 #   PIPE=runs/default-32-v2/gan-ft bash scripts/gpu_bundle.sh                  # stage 3c: from 3b's result,
 #   SECS=430 BATCH=1024 WORKERS=10 CKPT=1000 bash .gpu_bundle/run.sh           # at batch 1024
+#   PIPE=P CLIP=runs/clip-32-cont bash scripts/gpu_bundle.sh                   # with CLIP guidance (below)
 #
 # - Fashion-MNIST's IDX files, xz-compressed (the catalogue is rebuilt there with the same seed; rebuilt
 #   here from these files it is byte-identical to data/fashion-catalog-32);
@@ -14,7 +15,11 @@
 #   copy of the text encoder whose token-embedding rows that no catalogue caption, validation prompt or ""
 #   uses are zeroed, so they compress away (109 of 49,408 rows are used): every caption the trainer encodes
 #   gets the same embedding as with the full encoder. The fine-tuned generator is paired with the full
-#   encoder afterwards.
+#   encoder afterwards. A pipeline without a discriminator (the shipped one) is fine-tuned against a fresh
+#   one built from configs/default-32-discriminator.json.
+# - with CLIP (a train_clip.py output or its clip/ folder whose text tower is PIPE's text encoder): that
+#   CLIP without its text tower (run.sh restores it from the pipeline's encoder), and run.sh trains with
+#   --clip_guidance_model (weight CLIP_WEIGHT there, default the trainer's).
 # - wheels of diffusers, datasets, dill and multiprocess, the versions installed here (the GPU image has
 #   torch, transformers and accelerate).
 set -euo pipefail
@@ -24,6 +29,7 @@ PIPE=${PIPE:-$RUN/gan}
 BUNDLE=${BUNDLE:-.gpu_bundle}
 FMNIST_DIR=${FMNIST_DIR:-/usr/share/datasets/fashion-mnist}
 DATA=${DATA:-data/fashion-catalog-32}
+CLIP=${CLIP:-}
 rm -rf "$BUNDLE"; mkdir -p "$BUNDLE/fmnist" "$BUNDLE/whl"
 for stem in train-images-idx3-ubyte t10k-images-idx3-ubyte; do
   zcat "$FMNIST_DIR/$stem.gz" | xz -9 -T0 > "$BUNDLE/fmnist/$stem.xz"
@@ -34,16 +40,19 @@ for pkg in diffusers datasets dill multiprocess; do
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     -d "$BUNDLE/whl" "$pkg==$(python -c "import importlib.metadata as m; print(m.version('$pkg'))")"
 done
-python - "$PIPE" "$DATA" "$BUNDLE/pipe" <<'PY'
+python - "$PIPE" "$DATA" "$BUNDLE" "$CLIP" <<'PY'
 import json, shutil, sys
 from pathlib import Path
 import datasets, torch
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTokenizer
+from prodimg.evaluation.clip import clip_subfolder
 from prodimg.training.gan import DEFAULT_VALIDATION_PROMPTS
-src, data, dst = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+src, data, bundle, clip = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4]
+dst = bundle / "pipe"
 for sub in ["generator", "discriminator", "scheduler", "tokenizer", "text_encoder"]:
-    shutil.copytree(src / sub, dst / sub)
+    if sub != "discriminator" or (src / sub).is_dir():
+        shutil.copytree(src / sub, dst / sub)
 shutil.copy(src / "model_index.json", dst)
 tok = CLIPTokenizer.from_pretrained(src / "tokenizer")
 texts = [t for split in datasets.load_from_disk(data).values() for t in split["text"]]
@@ -53,20 +62,39 @@ for i in range(0, len(texts), 4096):
     batch = tok(texts[i : i + 4096], padding="max_length", max_length=tok.model_max_length, truncation=True)
     for ids in batch["input_ids"]:
         used.update(ids)
-weights = dst / "text_encoder" / "model.safetensors"
-# in fp16 like the shipped encoder (half the transfer); run.sh casts it back to float32
-sd = {k: v.half() if v.is_floating_point() else v for k, v in load_file(weights).items()}
-(key,) = [k for k in sd if k.endswith("token_embedding.weight")]
-keep = torch.zeros(sd[key].shape[0], dtype=torch.bool)
-keep[sorted(used)] = True
-sd[key][~keep] = 0
-save_file(sd, str(weights), metadata={"format": "pt"})
-cfg_path = dst / "text_encoder" / "config.json"
-cfg = json.loads(cfg_path.read_text())
-cfg["dtype"] = "float16"
-cfg_path.write_text(json.dumps(cfg, indent=2))
-print(f"text encoder: {int(keep.sum())} of {keep.numel()} token-embedding rows kept")
+
+
+def transport_copy(folder: Path) -> None:
+    """fp16 weights (half the transfer; run.sh casts them back to float32) with unused token rows zeroed."""
+    weights = folder / "model.safetensors"
+    sd = {k: v.half() if v.is_floating_point() else v for k, v in load_file(weights).items()}
+    (key,) = [k for k in sd if k.endswith("token_embedding.weight")]
+    keep = torch.zeros(sd[key].shape[0], dtype=torch.bool)
+    keep[sorted(used)] = True
+    sd[key][~keep] = 0
+    save_file(sd, str(weights), metadata={"format": "pt"})
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["dtype"] = "float16"
+    (folder / "config.json").write_text(json.dumps(cfg, indent=2))
+    print(f"{folder}: {int(keep.sum())} of {keep.numel()} token-embedding rows kept")
+
+
+transport_copy(dst / "text_encoder")
+if clip:
+    shutil.copytree(Path(clip) / clip_subfolder(clip), bundle / "clip")
+    transport_copy(bundle / "clip")
+    # The CLIP's text tower should be the pipeline's text encoder (same tensor names): leave it out when it
+    # is, and run.sh takes it from the encoder (6 MB less); a different one travels, and the trainer refuses it.
+    te, sd = load_file(dst / "text_encoder" / "model.safetensors"), load_file(bundle / "clip" / "model.safetensors")
+    if all(k in sd and torch.equal(v, sd[k]) for k, v in te.items()):
+        save_file({k: v for k, v in sd.items() if k not in te}, str(bundle / "clip" / "model.safetensors"),
+                  metadata={"format": "pt"})
+        (bundle / "clip" / "TEXT_TOWER_FROM_PIPELINE").write_text("text_model.* and text_projection.* are the "
+                                                                 "pipeline's text_encoder weights\n")
+        print(f"{bundle / 'clip'}: text tower left out ({len(te)} tensors, the pipeline's text encoder)")
 PY
-xz -9 -T0 "$BUNDLE/pipe/text_encoder/model.safetensors"
+for f in "$BUNDLE"/pipe/text_encoder/model.safetensors "$BUNDLE"/clip/model.safetensors; do
+  if [ -f "$f" ]; then xz -9 -T0 "$f"; fi
+done
 cp scripts/gpu_bundle_run.sh "$BUNDLE/run.sh"
 du -sh "$BUNDLE"

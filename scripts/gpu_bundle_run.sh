@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine, from the repository root, as BUNDLE/run.sh (scripts/gpu_bundle.sh copies it there):
-# installs the carried wheels, rebuilds the catalogue, restores the pipeline, runs the fine-tune at BATCH
+# installs the carried wheels, rebuilds the catalogue, restores the pipeline (and the guidance CLIP if the bundle
+# carries one: CLIP_WEIGHT sets its weight), runs the fine-tune at BATCH
 # (the settings of train_default_model.sh's stages 3b/3c, without its embedding cache; 256 for 3b, 1024 for 3c)
 # until STEPS or SECS, and packs the result into OUT: final.tar (EMA pipeline without the text encoder, logs,
 # samples) and the last checkpoint in 15 MB parts (ckpt.tar.part-*). Here (3b; 3c: gan-ft2 and gan-ft's
@@ -26,20 +27,31 @@ python3 -m prodimg.cli build-dataset fashion-catalog --out "$W/data" --resolutio
 sha256sum "$W/data/train/data-00000-of-00001.arrow"
 el pipe
 cp -r "$B/pipe" "$W/pipe"; xz -d "$W/pipe/text_encoder/model.safetensors.xz"
-python3 - "$W/pipe/text_encoder" <<'PY' || exit 1
-# The shipped encoder is fp16; train with its weights in float32, as the CPU stages did.
-import json, sys
+FROZEN=("$W/pipe/text_encoder"); EXTRA_ARGS=()
+if [ -d "$B/clip" ]; then
+  cp -r "$B/clip" "$W/clip"; xz -d "$W/clip/model.safetensors.xz"; FROZEN+=("$W/clip")
+  EXTRA_ARGS+=(--clip_guidance_model "$W/clip" ${CLIP_WEIGHT:+--clip_guidance_weight "$CLIP_WEIGHT"})
+fi
+# A pipeline without its discriminator (the shipped one) trains against a fresh one of the recipe's size.
+[ -d "$W/pipe/discriminator" ] || EXTRA_ARGS+=(--discriminator_config configs/default-32-discriminator.json)
+python3 - "${FROZEN[@]}" <<'PY' || exit 1
+# The transport copies are fp16; train with their weights in float32, as the CPU stages did. A CLIP carried
+# without its text tower gets the pipeline's text encoder's weights (the same tensor names) back first.
+import json, os, sys
 from safetensors.torch import load_file, save_file
-d = sys.argv[1]
-save_file({k: v.float() for k, v in load_file(f"{d}/model.safetensors").items()}, f"{d}/model.safetensors", metadata={"format": "pt"})
-cfg = json.load(open(f"{d}/config.json")); cfg["dtype"] = "float32"; json.dump(cfg, open(f"{d}/config.json", "w"), indent=2)
+for d in sys.argv[1:]:
+    sd = load_file(f"{d}/model.safetensors")
+    if os.path.exists(f"{d}/TEXT_TOWER_FROM_PIPELINE"):
+        sd.update(load_file(f"{sys.argv[1]}/model.safetensors"))
+    save_file({k: v.float() for k, v in sd.items()}, f"{d}/model.safetensors", metadata={"format": "pt"})
+    cfg = json.load(open(f"{d}/config.json")); cfg["dtype"] = "float32"; json.dump(cfg, open(f"{d}/config.json", "w"), indent=2)
 PY
 el train
 accelerate launch --num_processes 1 --num_machines 1 --mixed_precision bf16 --dynamo_backend no --num_cpu_threads_per_process 4 \
   train_scripts/train_product_gan.py --pretrained_model_name_or_path "$W/pipe" --dataset_name "$W/data" --resolution 32 --seed 0 \
   --train_batch_size "$BATCH" --learning_rate 2e-4 --mixed_precision bf16 --dataloader_num_workers "$WORKERS" \
   --checkpointing_steps "$CKPT" --checkpoints_total_limit 1 --validation_steps "$CKPT" --validation_fid_num_images 0 \
-  --report_to tensorboard --max_train_steps "$STEPS" --max_train_seconds "$SECS" --output_dir "$W/gan" ${EXTRA:-} > "$OUT/train.log" 2>&1
+  --report_to tensorboard --max_train_steps "$STEPS" --max_train_seconds "$SECS" --output_dir "$W/gan" "${EXTRA_ARGS[@]}" ${EXTRA:-} > "$OUT/train.log" 2>&1
 rc=$?
 el "train rc=$rc"
 grep -v "it/s\]$" "$OUT/train.log" | tail -40

@@ -111,10 +111,11 @@ if [ "$FT2_STEPS" -gt 0 ]; then
   fi
 fi
 
-# 4. Ship: fp16 weights in save_pretrained layout
+# 4. Ship: fp16 weights in save_pretrained layout, with the discriminator (1.5 MB), so that fine-tuning the
+# shipped pipeline continues it instead of warming up a new one
 python - "$FINAL" "$SHIP" <<'PY'
 import sys, torch
-from prodimg import ProductImagePipeline
+from prodimg import ProductDiscriminator, ProductImagePipeline
 from prodimg.utils import atomic_directory
 src, dst = sys.argv[1], sys.argv[2]
 pipe = ProductImagePipeline.from_pretrained(src, dtype=torch.float16)
@@ -122,6 +123,11 @@ import shutil
 from pathlib import Path
 with atomic_directory(dst, overwrite=True) as tmp:
     pipe.save_pretrained(tmp)
+    if (Path(src) / "discriminator" / "config.json").is_file():
+        disc = ProductDiscriminator.from_pretrained(
+            Path(src) / "discriminator", use_safetensors=True, torch_dtype=torch.float16
+        )
+        disc.save_pretrained(Path(tmp) / "discriminator", safe_serialization=True)
     card = Path(src) / "README.md"  # the trainer's model card; add `prodimg eval` figures before shipping
     if card.is_file():
         shutil.copyfile(card, Path(tmp) / "README.md")
