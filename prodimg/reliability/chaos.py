@@ -91,6 +91,7 @@ def training_argv(fixture: Path, out: Path, steps: int, interval: int) -> list[s
         "--discriminator_config", str(fixture / "d.json"), "--checkpointing_steps", str(interval),
         "--checkpoints_total_limit", "2", "--validation_steps", str(10**6), "--validation_fid_num_images", "0",
         "--r1_interval", "2", "--cond_drop_prob", "0.2", "--report_to", "none", "--seed", "0",
+        "--discriminator_warmup_steps", "0",  # the fixture pipeline has no discriminator: train G from step 1
         "--resume_from_checkpoint", "latest", "--output_dir", str(out),
     ]
 
