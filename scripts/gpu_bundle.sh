@@ -83,8 +83,9 @@ transport_copy(dst / "text_encoder")
 if clip:
     shutil.copytree(Path(clip) / clip_subfolder(clip), bundle / "clip")
     transport_copy(bundle / "clip")
-    # The CLIP's text tower should be the pipeline's text encoder (same tensor names): leave it out when it
-    # is, and run.sh takes it from the encoder (6 MB less); a different one travels, and the trainer refuses it.
+    # The CLIP's text tower should be the pipeline's text encoder (same tensor names): leave it out when
+    # it is, and run.sh takes it from the encoder (6 MB less); a different one travels, and the trainer
+    # refuses it.
     te, sd = load_file(dst / "text_encoder" / "model.safetensors"), load_file(bundle / "clip" / "model.safetensors")
     if all(k in sd and torch.equal(v, sd[k]) for k, v in te.items()):
         save_file({k: v for k, v in sd.items() if k not in te}, str(bundle / "clip" / "model.safetensors"),

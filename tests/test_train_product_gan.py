@@ -125,7 +125,7 @@ def base_args(fx: Path, out: Path, **overrides) -> dict:
         "num_validation_images": 2,
         "validation_fid_num_images": 0,
         "r1_interval": 2,
-        "discriminator_warmup_steps": 0,  # the tiny fixture pipeline has no discriminator: train G from step 1
+        "discriminator_warmup_steps": 0,  # the fixture pipeline has no discriminator: train G from step 1
         "report_to": "none",
         "seed": 0,
     }
@@ -609,8 +609,9 @@ def test_discriminator_warmup_leaves_the_generator_alone(fixtures, tmp_path, mon
     resumed.mkdir()
     shutil.copytree(out / "checkpoint-1", resumed / "checkpoint-1")
     train_product_gan(**{**args, "output_dir": str(resumed), "resume_from_checkpoint": "latest"})
-    for f in sorted(p.relative_to(out / "checkpoint-3") for p in (out / "checkpoint-3").rglob("*.safetensors")):
-        assert (out / "checkpoint-3" / f).read_bytes() == (resumed / "checkpoint-3" / f).read_bytes(), f
+    final = out / "checkpoint-3"
+    for f in sorted(p.relative_to(final) for p in final.rglob("*.safetensors")):
+        assert (final / f).read_bytes() == (resumed / "checkpoint-3" / f).read_bytes(), f
 
 
 def test_no_default_warmup_for_a_saved_discriminator_or_a_new_generator(fixtures, tmp_path):
@@ -618,8 +619,8 @@ def test_no_default_warmup_for_a_saved_discriminator_or_a_new_generator(fixtures
 
     first = tmp_path / "first"
     train_product_gan(**base_args(fixtures, first, max_train_steps=1))  # its output has discriminator/
-    cases = {
-        str(fixtures / "pipe"): (str(fixtures / "dcfg.json"), DEFAULT_DISCRIMINATOR_WARMUP),  # pipeline without a discriminator
+    cases = {  # start -> (--discriminator_config, default warm-up)
+        str(fixtures / "pipe"): (str(fixtures / "dcfg.json"), DEFAULT_DISCRIMINATOR_WARMUP),  # no saved D
         str(first): ("preset", 0),  # continues the saved discriminator
         str(fixtures / "text_encoder_only"): (str(fixtures / "dcfg.json"), 0),  # new generator too
     }

@@ -18,9 +18,10 @@ One training step (``--gradient_accumulation_steps`` micro-batches per network):
 
 A pretrained generator paired with a new discriminator (a pipeline saved without its discriminator,
 such as the shipped default) is first met by a discriminator that cannot tell real from fake, and its
-gradients wreck the generator within a few hundred steps. ``--discriminator_warmup_steps`` (by default
+gradients wreck the generator within a hundred steps. ``--discriminator_warmup_steps`` (by default
 :data:`DEFAULT_DISCRIMINATOR_WARMUP` in that case, else 0) trains only the discriminator for the first
-steps: the generator, its EMA and its optimizer are untouched until the discriminator has caught up.
+steps, leaving the generator, its EMA and its optimizer untouched. On the shipped default this reduces
+the damage but does not prevent it (its model card has the figures): keep a pipeline's discriminator.
 
 Every optimizer step goes through :func:`prodimg.training.precision.guarded_step` (fp16 loss
 scaling, non-finite skip, consistent across processes). Mixed precision is handled by
@@ -888,9 +889,8 @@ class GANTrainer:
                 stats[key] = float("nan")
         return stats
 
-
     def _generator_step(self, conds: list[tuple], add) -> StepResult:
-        """The generator phase of a step (D frozen for it; called unwrapped so DDP(D) expects no gradients)."""
+        """The generator phase of a step: D frozen, and called unwrapped so DDP(D) expects no gradients."""
         args, acc, sched, gen, prec = self.args, self.accelerator, self.scheduler, self.gen, self.precision
         G_mod, D_mod = acc.unwrap_model(self.G), acc.unwrap_model(self.D)
         n, z_dim = len(conds), G_mod.config.z_dim
