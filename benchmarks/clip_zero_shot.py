@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from prodimg.data.captions import CATEGORY_NAMES, PATTERN_ADJECTIVES
 from prodimg.evaluation.clip import load_clip_judge
-from prodimg.metrics.clip_score import _embedding, clip_preprocess
+from prodimg.metrics.clip_score import clip_preprocess, projected_features
 
 
 def caption(category: str, color: str, pattern: str) -> str:
@@ -50,7 +50,7 @@ def main() -> None:
     # Text embeddings of every (colour, pattern, category) caption, indexed [colour, pattern, category].
     texts = [caption(c, col, p) for col in colors for p in patterns for c in CATEGORY_NAMES]
     tokens = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
-    text = F.normalize(_embedding(model.get_text_features(**tokens)), dim=-1)
+    text = F.normalize(projected_features(model.get_text_features(**tokens)), dim=-1)
     text = text.view(len(colors), len(patterns), len(CATEGORY_NAMES), -1)
 
     report = {"clip_model": args.clip_model, "captions": "<colour> <pattern> <category>", "splits": {}}
@@ -61,7 +61,7 @@ def main() -> None:
             batch = rows[i : i + args.batch_size]
             images = np.stack([np.asarray(im.convert("RGB")) for im in batch["image"]])
             pixels = clip_preprocess(images, judge.image_size, judge.image_mean, judge.image_std)
-            image = F.normalize(_embedding(model.get_image_features(pixel_values=pixels)), dim=-1)
+            image = F.normalize(projected_features(model.get_image_features(pixel_values=pixels)), dim=-1)
             candidates = text[torch.tensor(batch["color"]), torch.tensor(batch["pattern"])]  # (B, 10, D)
             predicted.append(torch.einsum("bd,bkd->bk", image, candidates).argmax(-1))
         predicted, truth = torch.cat(predicted), torch.tensor(rows["category"])

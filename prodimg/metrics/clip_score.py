@@ -24,7 +24,8 @@ from .inception import check_uint8_images
 logger = logging.getLogger(__name__)
 
 
-def _embedding(output) -> torch.Tensor:
+def projected_features(output) -> torch.Tensor:
+    """The projected embedding from ``CLIPModel.get_image_features`` / ``get_text_features``."""
     # transformers >= 5 returns a BaseModelOutputWithPooling whose pooler_output is the projection.
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
@@ -102,8 +103,8 @@ def clip_score(
                 batch_prompts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
             ).to(device)
             pixels = clip_preprocess(images[start : start + batch_size], image_size, mean, std, device, dtype)
-            img_emb = _embedding(model.get_image_features(pixel_values=pixels)).float()
-            txt_emb = _embedding(
+            img_emb = projected_features(model.get_image_features(pixel_values=pixels)).float()
+            txt_emb = projected_features(
                 model.get_text_features(input_ids=text["input_ids"], attention_mask=text["attention_mask"])
             ).float()
             cos = F.cosine_similarity(img_emb, txt_emb, dim=-1)

@@ -338,7 +338,7 @@ class Components:
     discriminator: ProductDiscriminator
     scheduler: DDGANScheduler
     source: str  # "pipeline" or "text_encoder"
-    discriminator_source: str = "new"  # "saved" (continued from the pipeline's folder) or "new"
+    discriminator_source: str  # "saved" (continued from the pipeline's folder) or "new"
 
 
 def _pooled_dim(text_encoder) -> int:
