@@ -614,6 +614,26 @@ def test_discriminator_warmup_leaves_the_generator_alone(fixtures, tmp_path, mon
         assert (final / f).read_bytes() == (resumed / "checkpoint-3" / f).read_bytes(), f
 
 
+def test_the_generator_lr_warmup_starts_after_the_discriminator_warmup(fixtures, tmp_path):
+    """--lr_warmup_steps is not spent while only the discriminator trains: the generator's schedule counts the
+    generator's own steps, the discriminator's counts from step 1."""
+    out = tmp_path / "out"
+    train_product_gan(
+        **base_args(
+            fixtures, out, discriminator_warmup_steps=2, checkpointing_steps=1,
+            lr_scheduler="constant_with_warmup", lr_warmup_steps=2, learning_rate=2e-4,
+        )
+    )
+
+    def next_lrs(step):  # the learning rates the step after `step` will use: (generator, discriminator)
+        return tuple(
+            json.loads((out / f"checkpoint-{step}" / f"lr_scheduler_{net}.json").read_text())["_last_lr"][0]
+            for net in "gd"
+        )
+
+    assert [next_lrs(s) for s in (1, 2, 3)] == [(0.0, 1e-4), (0.0, 2e-4), (1e-4, 2e-4)]
+
+
 def test_no_default_warmup_for_a_saved_discriminator_or_a_new_generator(fixtures, tmp_path):
     from prodimg.training.gan import discriminator_warmup, load_components
 

@@ -172,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--discriminator_warmup_steps",
         type=int,
         default=None,
-        help="Train only the discriminator for the first N steps (counted in --max_train_steps). Default: "
+        help="Train only the discriminator for the first N steps (counted in --max_train_steps; the generator's "
+        "LR schedule, --lr_warmup_steps included, starts after them). Default: "
         f"{DEFAULT_DISCRIMINATOR_WARMUP} when a pretrained generator meets a new discriminator, else 0.",
     )
     g.add_argument(
@@ -633,11 +634,12 @@ class GANTrainer:
             eps=args.adam_epsilon,
             weight_decay=args.adam_weight_decay,
         )
+        # The generator's schedule counts its own steps: a discriminator warm-up does not spend its LR warm-up.
         self.lr_g = get_scheduler(
             args.lr_scheduler,
             opt_g,
             num_warmup_steps=args.lr_warmup_steps,
-            num_training_steps=args.max_train_steps,
+            num_training_steps=max(args.max_train_steps - self.d_warmup, 1),
         )
         self.lr_d = get_scheduler(
             args.lr_scheduler,
@@ -856,13 +858,15 @@ class GANTrainer:
             add("d_accuracy/fake", (fake_logits.detach() < 0).float().mean())
         res_d = guarded_step(self.opt_d, self.D.parameters(), finite, prec, acc, args.max_grad_norm)
 
-        if step_no > self.d_warmup:
+        g_phase = step_no > self.d_warmup
+        if g_phase:
             res_g = self._generator_step(conds, add)
-        else:  # discriminator warm-up: G, its EMA and its optimizer stay as they are
+        else:  # discriminator warm-up: G, its EMA, its optimizer and its LR schedule stay as they are
             res_g = StepResult(stepped=False)
-        with warnings.catch_warnings():  # the schedule follows the global step, also when a step was skipped
+        with warnings.catch_warnings():  # a schedule follows its phase's steps, also when a step was skipped
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
-            self.lr_g.step()
+            if g_phase:
+                self.lr_g.step()
             self.lr_d.step()
         self.state.step = step_no
         self.state.images_seen += self.state.global_batch_size
