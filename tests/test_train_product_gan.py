@@ -554,6 +554,8 @@ def test_repeated_nonfinite_steps_stop_the_run_cleanly(fixtures, tmp_path, monke
         ({"early_stopping_patience": 2}, "needs the validation FID"),
         ({"clip_guidance_model": "x", "clip_guidance_weight": 0}, "--clip_guidance_weight must be > 0"),
         ({"discriminator_warmup_steps": -1}, "--discriminator_warmup_steps must be >= 0"),
+        ({"anchor_weight": -1}, "--anchor_weight must be >= 0"),
+        ({"anchor_weight": 1, "anchor_steps": 0}, "--anchor_steps must be >= 1"),
     ],
 )
 def test_bad_arguments_stop_before_training(fixtures, tmp_path, override, message, capsys):
@@ -570,10 +572,17 @@ def test_bad_arguments_stop_before_training(fixtures, tmp_path, override, messag
         ({"caption_column": "description"}, "column 'description' not found in the dataset"),
         ({"image_column": "picture"}, "column 'picture' not found in the dataset"),
         ({"resolution": 32}, "--resolution 32 differs from the pipeline generator's sample_size 16"),
+        (
+            {"anchor_weight": 1.0, "pretrained_model_name_or_path": "text_encoder_only", "generator_config": "gcfg"},
+            "--anchor_weight needs a pipeline to start from",
+        ),
     ],
 )
 def test_bad_dataset_or_model_stops_before_training(fixtures, tmp_path, override, message, capsys):
     out = tmp_path / "out"
+    if "generator_config" in override:  # fixture names -> paths
+        override = {**override, "pretrained_model_name_or_path": str(fixtures / "text_encoder_only"),
+                    "generator_config": str(fixtures / "gcfg.json")}
     assert main(to_argv(base_args(fixtures, out, **override))) == 2
     assert message in capsys.readouterr().err
     assert not list(out.glob("checkpoint-*")) and not (out / "model_index.json").exists()
@@ -632,6 +641,35 @@ def test_the_generator_lr_warmup_starts_after_the_discriminator_warmup(fixtures,
         )
 
     assert [next_lrs(s) for s in (1, 2, 3)] == [(0.0, 1e-4), (0.0, 2e-4), (1e-4, 2e-4)]
+
+
+def test_anchor_pulls_towards_the_starting_generator_also_after_a_resume(fixtures, tmp_path):
+    """--anchor_weight: the MSE between the generator's x_0 and the frozen starting generator's is 0 on the first
+    step (they are the same network) and positive once the generator has moved; its weight decays over
+    --anchor_steps; a run resumed from a checkpoint anchors to the pipeline's generator (not the checkpoint's)
+    and ends bitwise where the straight run does."""
+    from prodimg.training.gan import GANTrainer
+    from prodimg.training.sampler import endless_batches
+
+    args = base_args(fixtures, tmp_path / "out", anchor_weight=1.0, anchor_steps=4, checkpointing_steps=1)
+    trainer = GANTrainer(parse_args(to_argv(args)))
+    batches = endless_batches(trainer.loader, trainer.sampler, trainer.state)
+    first, second = (trainer.train_step([next(batches)])["loss/g_anchor"] for _ in range(2))
+    assert first == 0.0 and second > 0.0
+    assert [trainer.anchor_weight(s) for s in (1, 2, 5, 6)] == [1.0, 0.75, 0.0, 0.0]
+    start = ProductImagePipeline.from_pretrained(fixtures / "pipe").generator.state_dict()
+    assert all(torch.equal(v, start[k]) for k, v in trainer.anchor.state_dict().items())  # frozen
+
+    out = tmp_path / "straight"
+    train_product_gan(**{**args, "output_dir": str(out)})
+    assert "generator**: weight 1.0, decayed to 0 over 4 generator steps" in (out / "README.md").read_text()
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(out / "checkpoint-2", resumed / "checkpoint-2")
+    train_product_gan(**{**args, "output_dir": str(resumed), "resume_from_checkpoint": "latest"})
+    final = out / "checkpoint-3"
+    for f in sorted(p.relative_to(final) for p in final.rglob("*.safetensors")):
+        assert (final / f).read_bytes() == (resumed / "checkpoint-3" / f).read_bytes(), f
 
 
 def test_no_default_warmup_for_a_saved_discriminator_or_a_new_generator(fixtures, tmp_path):

@@ -13,7 +13,8 @@ One training step (``--gradient_accumulation_steps`` micro-batches per network):
    before DiffAugment, as in DDGAN; scaled by the interval).
 3. Generator: non-saturating loss on fresh fake pairs through the (frozen-for-this-phase) D, plus,
    with ``--clip_guidance_model``, ``--clip_guidance_weight`` x (1 - cos) between a frozen CLIP's
-   embedding of the predicted ``x_0`` and the caption's (:mod:`prodimg.training.clip_guidance`).
+   embedding of the predicted ``x_0`` and the caption's (:mod:`prodimg.training.clip_guidance`), and, with
+   ``--anchor_weight``, that weight x MSE between the predicted ``x_0`` and the frozen starting generator's.
 4. EMA of G after each generator step; LR schedulers step once per training step.
 
 A pretrained generator paired with a new discriminator (a pipeline saved without its discriminator,
@@ -22,6 +23,7 @@ gradients wreck the generator within a hundred steps. ``--discriminator_warmup_s
 :data:`DEFAULT_DISCRIMINATOR_WARMUP` in that case, else 0) trains only the discriminator for the first
 steps, leaving the generator, its EMA and its optimizer untouched. On the shipped default this reduces
 the damage but does not prevent it (its model card has the figures): keep a pipeline's discriminator.
+``--anchor_weight`` holds the generator's outputs near the pipeline's own while a new discriminator learns.
 
 Every optimizer step goes through :func:`prodimg.training.precision.guarded_step` (fp16 loss
 scaling, non-finite skip, consistent across processes). Mixed precision is handled by
@@ -169,6 +171,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="Weight of the CLIP guidance term (with --clip_guidance_model).",
     )
     g.add_argument(
+        "--anchor_weight",
+        type=float,
+        default=0.0,
+        help="Fine-tuning a pipeline: add this weight x the mean squared difference between the generator's "
+        "predicted x_0 and the starting generator's (frozen) on the same inputs, so a new discriminator's early "
+        "gradients cannot drag it far from what it drew; 0 (default) disables.",
+    )
+    g.add_argument(
+        "--anchor_steps",
+        type=int,
+        default=None,
+        help="With --anchor_weight: decay the weight linearly to 0 over this many generator steps (default: "
+        "keep it for the whole run).",
+    )
+    g.add_argument(
         "--discriminator_warmup_steps",
         type=int,
         default=None,
@@ -239,6 +256,10 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(f"--matching_loss_weight must be >= 0, got {args.matching_loss_weight}")
     if args.clip_guidance_model is not None and not args.clip_guidance_weight > 0:
         raise ValueError(f"--clip_guidance_weight must be > 0, got {args.clip_guidance_weight}")
+    if args.anchor_weight < 0:
+        raise ValueError(f"--anchor_weight must be >= 0, got {args.anchor_weight}")
+    if args.anchor_steps is not None and args.anchor_steps < 1:
+        raise ValueError(f"--anchor_steps must be >= 1, got {args.anchor_steps}")
     if args.discriminator_warmup_steps is not None and args.discriminator_warmup_steps < 0:
         raise ValueError(f"--discriminator_warmup_steps must be >= 0, got {args.discriminator_warmup_steps}")
     if not 0 <= args.cond_drop_prob < 1:
@@ -576,6 +597,14 @@ class GANTrainer:
         # 3. Models.
         c = load_components(args)
         self.components = c
+        self.anchor: ProductGenerator | None = None
+        if args.anchor_weight > 0:
+            if c.source != "pipeline":
+                raise ValueError("--anchor_weight needs a pipeline to start from (its generator is the anchor)")
+            # The pipeline's own generator, frozen; a resumed run rebuilds it from the same folder.
+            self.anchor = ProductGenerator.from_config(c.generator.config)
+            self.anchor.load_state_dict(c.generator.state_dict())
+            self.anchor.requires_grad_(False).eval().to(self.device)
         self.scheduler = c.scheduler
         self.T = c.scheduler.config.num_train_timesteps
         c.text_encoder.to(self.device)
@@ -888,7 +917,8 @@ class GANTrainer:
         )
         if prec.scaler is not None:
             stats["amp/loss_scale"] = float(prec.scaler.get_scale())
-        for key in ("loss/d_real", "loss/d_fake", "loss/g", "loss/g_clip", "loss/d_match", "r1_penalty"):
+        for key in ("loss/d_real", "loss/d_fake", "loss/g", "loss/g_clip", "loss/g_anchor", "loss/d_match",
+                    "r1_penalty"):
             if key in stats and not math.isfinite(stats[key]):
                 stats[key] = float("nan")
         return stats
@@ -898,6 +928,7 @@ class GANTrainer:
         args, acc, sched, gen, prec = self.args, self.accelerator, self.scheduler, self.gen, self.precision
         G_mod, D_mod = acc.unwrap_model(self.G), acc.unwrap_model(self.D)
         n, z_dim = len(conds), G_mod.config.z_dim
+        anchor_weight = self.anchor_weight(self.state.step + 1)
         D_mod.requires_grad_(False)
         finite = torch.ones((), dtype=torch.bool, device=self.device)
         try:
@@ -920,6 +951,12 @@ class GANTrainer:
                             loss_clip = self.clip_guidance.loss(x0_fake, pooled, keep=~dropped, generator=gen)
                             loss = loss + args.clip_guidance_weight * loss_clip
                             add("loss/g_clip", loss_clip.detach())
+                        if anchor_weight > 0:
+                            with torch.no_grad():
+                                x0_anchor = self.anchor(x_tp1, t, z, hidden, pooled, mask).sample.float()
+                            loss_anchor = torch.nn.functional.mse_loss(x0_fake, x0_anchor)
+                            loss = loss + anchor_weight * loss_anchor
+                            add("loss/g_anchor", loss_anchor.detach())
                     loss = loss / n
                     finite &= torch.isfinite(loss.detach())
                     acc.backward(prec.scale(loss))
@@ -930,6 +967,13 @@ class GANTrainer:
         if res_g.stepped:
             self.ema.step(G_mod.parameters())
         return res_g
+
+    def anchor_weight(self, step_no: int) -> float:
+        """``--anchor_weight`` at training step ``step_no``, decayed over ``--anchor_steps`` generator steps."""
+        weight, span = self.args.anchor_weight, self.args.anchor_steps
+        if self.anchor is None or span is None:
+            return weight if self.anchor is not None else 0.0
+        return weight * max(0.0, 1.0 - (step_no - self.d_warmup - 1) / span)
 
     # ------------------------------------------------------------------------------------ validation
     def ema_generator(self) -> ProductGenerator:
@@ -1185,6 +1229,12 @@ class GANTrainer:
                 else "off"
             ),
             "condition dropout": args.cond_drop_prob,
+            "anchor to the starting generator": (
+                f"weight {args.anchor_weight}"
+                + (f", decayed to 0 over {args.anchor_steps} generator steps" if args.anchor_steps else "")
+                if self.anchor is not None
+                else "off"
+            ),
             "discriminator": f"{c.discriminator_source}, {self.d_warmup} warm-up steps",
             "EMA decay": args.ema_decay,
             "saved generator": summary["saved_generator"],
