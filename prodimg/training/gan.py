@@ -15,7 +15,7 @@ One training step (``--gradient_accumulation_steps`` micro-batches per network):
    with ``--clip_guidance_model``, ``--clip_guidance_weight`` x (1 - cos) between a frozen CLIP's
    embedding of the predicted ``x_0`` and the caption's (:mod:`prodimg.training.clip_guidance`), and, with
    ``--anchor_weight``, that weight x MSE between the predicted ``x_0`` and the frozen starting generator's.
-4. EMA of G after each generator step; LR schedulers step once per training step.
+4. EMA of G after each generator step; each LR scheduler steps once per step of its network's phase.
 
 A pretrained generator paired with a new discriminator (a pipeline saved without its discriminator,
 such as the shipped default) is first met by a discriminator that cannot tell real from fake, and its
@@ -971,8 +971,10 @@ class GANTrainer:
     def anchor_weight(self, step_no: int) -> float:
         """``--anchor_weight`` at training step ``step_no``, decayed over ``--anchor_steps`` generator steps."""
         weight, span = self.args.anchor_weight, self.args.anchor_steps
-        if self.anchor is None or span is None:
-            return weight if self.anchor is not None else 0.0
+        if self.anchor is None:
+            return 0.0
+        if span is None:
+            return weight
         return weight * max(0.0, 1.0 - (step_no - self.d_warmup - 1) / span)
 
     # ------------------------------------------------------------------------------------ validation
