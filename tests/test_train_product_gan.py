@@ -318,6 +318,21 @@ def test_accelerate_launch_two_processes_ddp(fixtures, tmp_path):
 
 
 # ------------------------------------------------------------------------------------- resume
+def _resume_from(args: dict, straight: Path, step: int, resumed: Path) -> None:
+    """Continue the run of ``args`` from ``straight``'s checkpoint-``step``, in the fresh folder ``resumed``."""
+    resumed.mkdir()
+    shutil.copytree(straight / f"checkpoint-{step}", resumed / f"checkpoint-{step}")
+    train_product_gan(**{**args, "output_dir": str(resumed), "resume_from_checkpoint": "latest"})
+
+
+def _assert_bitwise_equal(a: Path, b: Path) -> list[Path]:
+    """Every safetensors file under checkpoint ``a`` is byte-identical under ``b``; returns their paths."""
+    files = sorted(p.relative_to(a) for p in a.rglob("*.safetensors"))
+    for f in files:
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+    return files
+
+
 def test_resume_is_bitwise_identical(fixtures, tmp_path):
     """4 steps straight vs 2 steps + resume + 2 steps: identical G, D, EMA and optimizer states (bitwise:
     the CPU kernels are deterministic, the data order and every random draw are restored)."""
@@ -327,11 +342,9 @@ def test_resume_is_bitwise_identical(fixtures, tmp_path):
     )
     train_product_gan(**args)
     resumed = tmp_path / "resumed"
-    resumed.mkdir()
-    shutil.copytree(straight / "checkpoint-2", resumed / "checkpoint-2")
-    train_product_gan(**{**args, "output_dir": str(resumed), "resume_from_checkpoint": "latest"})
-    a, b = straight / "checkpoint-4", resumed / "checkpoint-4"
-    files = sorted(p.relative_to(a) for p in a.rglob("*.safetensors"))
+    _resume_from(args, straight, 2, resumed)
+    a = straight / "checkpoint-4"
+    files = _assert_bitwise_equal(a, resumed / "checkpoint-4")
     assert {str(f) for f in files} >= {
         "generator/model.safetensors",
         "discriminator/model.safetensors",
@@ -339,8 +352,6 @@ def test_resume_is_bitwise_identical(fixtures, tmp_path):
         "optimizer_g.safetensors",
         "optimizer_d.safetensors",
     }
-    for f in files:
-        assert (a / f).read_bytes() == (b / f).read_bytes(), f
     # and the steps in between really changed the weights
     assert (straight / "checkpoint-2" / "generator" / "model.safetensors").read_bytes() != (
         a / "generator" / "model.safetensors"
@@ -615,12 +626,8 @@ def test_discriminator_warmup_leaves_the_generator_alone(fixtures, tmp_path, mon
     assert "new, 2 warm-up steps" in (out / "README.md").read_text()
 
     resumed = tmp_path / "resumed"
-    resumed.mkdir()
-    shutil.copytree(out / "checkpoint-1", resumed / "checkpoint-1")
-    train_product_gan(**{**args, "output_dir": str(resumed), "resume_from_checkpoint": "latest"})
-    final = out / "checkpoint-3"
-    for f in sorted(p.relative_to(final) for p in final.rglob("*.safetensors")):
-        assert (final / f).read_bytes() == (resumed / "checkpoint-3" / f).read_bytes(), f
+    _resume_from(args, out, 1, resumed)
+    _assert_bitwise_equal(out / "checkpoint-3", resumed / "checkpoint-3")
 
 
 def test_the_generator_lr_warmup_starts_after_the_discriminator_warmup(fixtures, tmp_path):
@@ -664,12 +671,8 @@ def test_anchor_pulls_towards_the_starting_generator_also_after_a_resume(fixture
     train_product_gan(**{**args, "output_dir": str(out)})
     assert "generator**: weight 1.0, decayed to 0 over 4 generator steps" in (out / "README.md").read_text()
     resumed = tmp_path / "resumed"
-    resumed.mkdir()
-    shutil.copytree(out / "checkpoint-2", resumed / "checkpoint-2")
-    train_product_gan(**{**args, "output_dir": str(resumed), "resume_from_checkpoint": "latest"})
-    final = out / "checkpoint-3"
-    for f in sorted(p.relative_to(final) for p in final.rglob("*.safetensors")):
-        assert (final / f).read_bytes() == (resumed / "checkpoint-3" / f).read_bytes(), f
+    _resume_from(args, out, 2, resumed)
+    _assert_bitwise_equal(out / "checkpoint-3", resumed / "checkpoint-3")
 
 
 def test_no_default_warmup_for_a_saved_discriminator_or_a_new_generator(fixtures, tmp_path):
