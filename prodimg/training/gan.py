@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import io
@@ -602,9 +603,7 @@ class GANTrainer:
             if c.source != "pipeline":
                 raise ValueError("--anchor_weight needs a pipeline to start from (its generator is the anchor)")
             # The pipeline's own generator, frozen; a resumed run rebuilds it from the same folder.
-            self.anchor = ProductGenerator.from_config(c.generator.config)
-            self.anchor.load_state_dict(c.generator.state_dict())
-            self.anchor.requires_grad_(False).eval().to(self.device)
+            self.anchor = copy.deepcopy(c.generator).requires_grad_(False).eval().to(self.device)
         self.scheduler = c.scheduler
         self.T = c.scheduler.config.num_train_timesteps
         c.text_encoder.to(self.device)
