@@ -17,9 +17,9 @@
 #   gets the same embedding as with the full encoder. The fine-tuned generator is paired with the full
 #   encoder afterwards. A pipeline without a discriminator (the shipped one) is fine-tuned against a fresh
 #   one built from configs/default-32-discriminator.json.
-# - with CLIP (a train_clip.py output or its clip/ folder whose text tower is PIPE's text encoder): that
-#   CLIP without its text tower (run.sh restores it from the pipeline's encoder), and run.sh trains with
-#   --clip_guidance_model (weight CLIP_WEIGHT there, default the trainer's).
+# - with CLIP (a train_clip.py output or its clip/ folder): that CLIP, in the same transport copy, and run.sh
+#   trains with --clip_guidance_model (weight CLIP_WEIGHT there, default the trainer's). When its text tower
+#   is PIPE's text encoder it travels without it (run.sh restores it from the pipeline's encoder).
 # - wheels of diffusers, datasets, dill and multiprocess, the versions installed here (the GPU image has
 #   torch, transformers and accelerate).
 set -euo pipefail
@@ -83,9 +83,8 @@ transport_copy(dst / "text_encoder")
 if clip:
     shutil.copytree(Path(clip) / clip_subfolder(clip), bundle / "clip")
     transport_copy(bundle / "clip")
-    # The CLIP's text tower should be the pipeline's text encoder (same tensor names): leave it out when
-    # it is, and run.sh takes it from the encoder (6 MB less); a different one travels, and the trainer
-    # refuses it.
+    # When the CLIP's text tower is the pipeline's text encoder (same tensor names and values), leave it out
+    # and run.sh takes it from the encoder (6 MB less); a different one travels (guidance uses its own).
     te, sd = load_file(dst / "text_encoder" / "model.safetensors"), load_file(bundle / "clip" / "model.safetensors")
     if all(k in sd and torch.equal(v, sd[k]) for k, v in te.items()):
         save_file({k: v for k, v in sd.items() if k not in te}, str(bundle / "clip" / "model.safetensors"),

@@ -7,11 +7,13 @@ head. Here the term is ``1 - cos(image_embeds(G(...)), text_embeds(caption))``, 
 rows whose condition was not dropped, with gradients flowing through the frozen image tower into
 the generator.
 
-The text side needs no second text encoder: the generator's pooled conditioning *is* CLIP's
-``text_embeds`` (``CLIPTextModelWithProjection``) when the guidance CLIP is the model whose text
-tower conditions the generator, which is how the default recipe trains (``train_clip.py`` output
--> pipeline text encoder). :meth:`CLIPGuidance.check_text_tower` verifies that on real captions
-and refuses any other CLIP, since its image embeddings would live in a different space.
+The text side is the guidance CLIP's own text tower, not the generator's conditioning, so any
+domain CLIP can guide any pipeline (StyleGAN-T likewise guides with a CLIP of its own): a stronger
+CLIP raises what guidance can teach without replacing the pipeline's text encoder, which would cost
+the trained generator its conditioning. :meth:`CLIPGuidance.precompute` encodes the training
+captions once into one table on the training device (4 bytes per caption per projection dimension:
+50 MB for the catalogue's 48,599 captions at 256); a step looks its captions up there, and captions
+outside the table are encoded on the fly.
 
 Generated images are shifted by a random translation before the image tower (DiffAugment's
 differentiable translation, filling with white, the catalogue's background), so the generator
@@ -32,9 +34,6 @@ from .augment import diff_augment, parse_policy
 
 logger = logging.getLogger(__name__)
 
-#: Minimum cosine between the guidance CLIP's text embeddings and the generator's pooled conditioning.
-TEXT_TOWER_MIN_COSINE = 0.99
-
 
 class CLIPGuidance:
     """The frozen image tower of a CLIP (``transformers.CLIPModel``) as a differentiable alignment loss."""
@@ -52,6 +51,8 @@ class CLIPGuidance:
         self.projection_dim = int(model.config.projection_dim)
         self.max_length = int(model.config.text_config.max_position_embeddings)
         self.translate = parse_policy("translation")
+        self._index: dict[str, int] = {}
+        self._table: torch.Tensor | None = None
 
     @classmethod
     def from_pretrained(cls, path: str, device: torch.device | str = "cpu", **hub_kwargs) -> CLIPGuidance:
@@ -60,41 +61,42 @@ class CLIPGuidance:
         return cls(load_clip_judge(path, device="cpu", **hub_kwargs), device)
 
     @torch.no_grad()
-    def text_embeds(self, texts: Sequence[str]) -> torch.Tensor:
-        """This CLIP's own ``text_embeds`` for ``texts`` (used only to check the generator's conditioning)."""
-        device = self.text_projection.weight.device
-        tokens = self.tokenizer(
-            list(texts),
-            padding="max_length",
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-        ).to(device)
-        out = self.text_model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
-        return self.text_projection(out.pooler_output).float()
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 1024) -> torch.Tensor:
+        """This CLIP's ``text_embeds`` for ``texts`` in float32, encoded now in batches.
 
-    def check_text_tower(self, texts: Sequence[str], pooled: torch.Tensor) -> float:
-        """Raise ``ValueError`` unless ``pooled`` (the generator's conditioning for ``texts``) matches this
-        CLIP's text embeddings (cosine >= :data:`TEXT_TOWER_MIN_COSINE` for every text); returns the
-        smallest cosine."""
-        if pooled.shape[-1] != self.projection_dim:
-            raise ValueError(
-                f"--clip_guidance_model {self.source!r} embeds into {self.projection_dim} dimensions but the "
-                f"generator is conditioned on {pooled.shape[-1]}-d text embeddings: guidance needs the CLIP "
-                "whose text tower is the pipeline's text encoder"
-            )
-        cos = F.cosine_similarity(
-            self.text_embeds(texts), pooled.detach().float().to(self.text_projection.weight.device)
-        )
-        worst = float(cos.min())
-        if worst < TEXT_TOWER_MIN_COSINE:
-            raise ValueError(
-                f"--clip_guidance_model {self.source!r} has a different text tower from the pipeline's "
-                f"text encoder (cosine {worst:.3f} < {TEXT_TOWER_MIN_COSINE} on "
-                f"{texts[int(cos.argmin())]!r}): guidance needs the CLIP whose text tower conditions the "
-                "generator (the train_clip.py output the pipeline was built from)"
-            )
-        return worst
+        Batches are padded to their longest caption: CLIP's text tower is causal and pools at the end
+        token, so right padding does not change a caption's embedding.
+        """
+        device = self.text_projection.weight.device
+        out = []
+        for start in range(0, len(texts), batch_size):
+            tokens = self.tokenizer(
+                list(texts[start : start + batch_size]),
+                padding="longest",
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            ).to(device)
+            hidden = self.text_model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+            out.append(self.text_projection(hidden.pooler_output).float())
+        return torch.cat(out) if out else torch.empty(0, self.projection_dim, device=device)
+
+    def precompute(self, texts: Sequence[str]) -> int:
+        """Encode the distinct ``texts`` not in the table yet and add them to it; returns how many."""
+        new = [t for t in dict.fromkeys(texts) if t not in self._index]
+        if new:
+            rows = self.encode_texts(new)
+            self._table = rows if self._table is None else torch.cat([self._table, rows])
+            self._index.update({t: len(self._index) + i for i, t in enumerate(new)})
+        return len(new)
+
+    def text_embeds(self, texts: Sequence[str]) -> torch.Tensor:
+        """This CLIP's ``text_embeds`` for ``texts`` (float32), from the table where :meth:`precompute`
+        put them; captions outside it are encoded now (and not kept)."""
+        if all(t in self._index for t in texts):
+            index = torch.tensor([self._index[t] for t in texts], dtype=torch.long)
+            return self._table.index_select(0, index.to(self._table.device))
+        return self.encode_texts(texts)
 
     def image_embeds(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """CLIP image embeddings of generator outputs in [-1, 1], (N, 3, H, W); differentiable."""
