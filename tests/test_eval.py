@@ -188,6 +188,27 @@ def test_eval_compile_warms_up_every_timed_batch_shape(eval_fixtures, fake_incep
     assert plain["metrics"] == pytest.approx(report["metrics"])
 
 
+def test_eval_judges_each_image_once_per_head(eval_fixtures, fake_inception, monkeypatch):
+    """The headline accuracy and the per-class breakdown share the judge's answers: each generated and each
+    real image goes through a head once."""
+    from prodimg.evaluation.classifier import AttributeClassifier
+
+    rows = []
+    original = AttributeClassifier.predict
+
+    def spy(self, images):
+        rows.append(len(images))
+        return original(self, images)
+
+    monkeypatch.setattr(AttributeClassifier, "predict", spy)
+    report = run_eval(str(eval_fixtures / "pipe"), str(eval_fixtures / "data"), "test,test_unseen_pairs",
+                      num_images=8, batch_size=4, metrics=["category_accuracy"], output_dir=None)
+    assert sum(rows) == 2 * (8 + 6)  # generated + real, both splits, one head
+    assert report["metrics"]["category_accuracy"] == pytest.approx((
+        np.trace(report["per_class"]["category"]["test"]["generated"]["confusion"])
+        + np.trace(report["per_class"]["category"]["test_unseen_pairs"]["generated"]["confusion"])) / 14)
+
+
 def test_explicit_clip_model_and_none(eval_fixtures):
     pipe = str(eval_fixtures / "pipe")
     assert resolve_clip_model("none", pipe)[0] is None

@@ -164,6 +164,7 @@ def evaluate(
     ``output_dir``) and return the report. ``feature_extractor``: any callable
     ``uint8 (N, H, W, 3) -> (N, D) features`` (default: the FID InceptionV3, loaded on first use)."""
     from ..metrics import EvalContext, RealStatsKey, get_metric
+    from ..metrics.attributes import predict_labels
     from ..utils import atomic_write_bytes, atomic_write_text
 
     unknown = set(metrics) - set(ALL_METRICS)
@@ -309,11 +310,11 @@ def evaluate(
                                     f"classifier's vocabulary {classifier.label_names(head)}")
         else:
             t0 = time.perf_counter()
-            ctx = EvalContext(generated_images=all_images, attributes={head: labels, "subset": subsets},
-                              category_classifier=classifier.head_classifier(head), batch_size=256)
-            values = get_metric("category_accuracy", column=head).compute(ctx)
+            # The judge reads each generated image once; the headline and the per-class figures share it.
+            predicted = predict_labels(classifier.head_classifier(head), all_images, 256)
+            values = get_metric("category_accuracy", column=head).score(predicted, labels, subsets)
             results.update({k.replace("category_accuracy", metric_name, 1): v for k, v in values.items()})
-            per_class[head] = _per_class(classifier, head, splits, generated, results)
+            per_class[head] = _per_class(classifier, head, splits, predicted, results)
             timings[metric_name] = time.perf_counter() - t0
 
     # 5. Diversity: several seeds of one prompt, on the first split.
@@ -355,9 +356,10 @@ def evaluate(
     return report
 
 
-def _per_class(classifier, head: str, splits: dict[str, LabeledSplit], generated: dict[str, np.ndarray],
+def _per_class(classifier, head: str, splits: dict[str, LabeledSplit], generated_pred: Sequence[Any],
                results: dict[str, float]) -> dict[str, dict]:
-    """Per split: where the judge puts the generated images of each requested class (confusion matrix,
+    """Per split: where the judge put the generated images of each requested class (``generated_pred``: its
+    answers for every split's generated images, in split order; confusion matrix,
     per-class accuracy, most frequent wrong answer), and its per-class accuracy on the split's real
     images, the ceiling the generated figure is read against; under ``"by"``, both accuracies within each
     value of the split's other label columns. Adds ``<head>_accuracy_real[/<split>]`` to ``results``."""
@@ -369,7 +371,7 @@ def _per_class(classifier, head: str, splits: dict[str, LabeledSplit], generated
     for name, data in splits.items():
         requested = data.labels[head]
         real_pred = predict_labels(judge, data.images)
-        gen_pred = predict_labels(judge, generated[name])
+        gen_pred, generated_pred = list(generated_pred[: len(data)]), generated_pred[len(data) :]
         real = per_class_accuracy(real_pred, requested, names)
         n_right = int(np.trace(real["confusion"]))
         results[f"{head}_accuracy_real/{name}"] = n_right / len(requested)

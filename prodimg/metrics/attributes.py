@@ -95,8 +95,16 @@ class CategoryAccuracy(Metric):
         images = ctx.require("generated_images", self.name)
         requested = _requested_column(ctx, self.column, self.name)
         predicted = predict_labels(classifier, images, ctx.batch_size)
+        return self.score(predicted, requested, ctx.attributes.get(self.subset_column))
+
+    @staticmethod
+    def score(predicted: Sequence[Any], requested: Sequence[Any], subsets: Sequence[Any] | None = None
+              ) -> dict[str, float]:
+        """The metric's figures from labels already predicted (one per requested label)."""
+        if len(predicted) != len(requested):
+            raise ValueError(f"{len(predicted)} predicted labels for {len(requested)} requested ones")
         correct = [_label(p) == _label(r) for p, r in zip(predicted, requested)]
-        return accuracy_by_subset(correct, ctx.attributes.get(self.subset_column), "category_accuracy")
+        return accuracy_by_subset(correct, subsets, "category_accuracy")
 
 
 def _label(value: Any) -> Any:
