@@ -98,3 +98,22 @@ for f in "$BUNDLE"/pipe/text_encoder/model.safetensors "$BUNDLE"/clip/model.safe
 done
 cp scripts/gpu_bundle_run.sh "$BUNDLE/run.sh"
 du -sh "$BUNDLE"
+# The device takes at most 64 MiB per call (DEVICE_LIMIT_MB), the repository's tracked files included. A bundle
+# that does not fit beside them is also cut into folders $BUNDLE.part1, .part2, ... (git-ignored), each small
+# enough to travel with the repository in one call. Send one per call on the same warm machine, each call
+# copying its part into .gpu_parts/ (ignored, so it stays there between calls), then unpack and run:
+#   run(carry=[".gpu_bundle.part1"], command="mkdir -p .gpu_parts && cp .gpu_bundle.part1/* .gpu_parts/")  # ...
+#   run(command="cat .gpu_parts/* | tar -xf - && SECS=... bash .gpu_bundle/run.sh")
+tracked=$(git ls-files -z | xargs -0 stat -c %s | awk '{s += $1} END {print s}')
+bundle_bytes=$(du -sb "$BUNDLE" | cut -f1)
+room=$(( ${DEVICE_LIMIT_MB:-64} * 1048576 - tracked - 1048576 ))  # 1 MiB to spare
+rm -rf "$BUNDLE".part*
+if [ "$room" -le 0 ]; then
+  echo "the tracked files alone ($tracked bytes) fill the ${DEVICE_LIMIT_MB:-64} MiB a device call takes" >&2; exit 1
+elif [ "$bundle_bytes" -gt "$room" ]; then
+  tar -C "$(dirname "$BUNDLE")" -cf - "$(basename "$BUNDLE")" | split -b "$room" -d -a 2 - "$BUNDLE.tar."
+  n=0
+  for f in "$BUNDLE".tar.*; do n=$((n + 1)); mkdir "$BUNDLE.part$n"; mv "$f" "$BUNDLE.part$n/"; done
+  echo "$BUNDLE ($bundle_bytes bytes) does not fit beside the tracked files ($tracked bytes) in one call:" \
+       "$n parts of at most $room bytes, $BUNDLE.part1 to $BUNDLE.part$n"
+fi
