@@ -5,7 +5,9 @@
 #
 #   bash scripts/train_default_model.sh                 # CPU, hours
 #   CLIP_STEPS=2500 CLIP_BATCH=512 GAN_SECONDS=1800 BATCH=256 WORKERS=8 bash scripts/train_default_model.sh   # one GPU
-#   GAN_STEPS=21000 GAN_SECONDS=100000 FT_STEPS=4195 FT2_STEPS=3189 FT2_MERGE=0.5 bash scripts/train_default_model.sh   # the shipped recipe
+#   GAN_STEPS=21000 GAN_SECONDS=100000 FT_STEPS=4195 FT2_STEPS=3189 FT2_MERGE=0.5 bash scripts/train_default_model.sh   # the fifth version
+#   GAN_STEPS=21000 GAN_SECONDS=100000 FT_STEPS=4195 FT2_STEPS=3189 FT2_MERGE=0.5 FT3_STEPS=800 FT3_MERGE=0.5 \
+#     bash scripts/train_default_model.sh                                                                   # and stage 3d
 #
 # Every stage is resumable: rerunning continues from the newest complete checkpoint. GAN_SECONDS
 # bounds the GAN's wall-clock time: the run is stopped at the deadline and the EMA generator of the
@@ -16,6 +18,12 @@
 # FT2_STEPS > 0 adds a stage 3c: the same from the previous stage's pipeline at FT2_BATCH (default 1024)
 # into $RUN/gan-ft2; with FT2_MERGE=ALPHA the shipped generator is (1 - ALPHA) * start + ALPHA * fine-tune
 # (prodimg.training.merge, WiSE-FT) in $RUN/gan-ft2-merged.
+# FT3_STEPS > 0 adds a stage 3d, a CLIP-guided fine-tune of the previous stage's pipeline on its own text
+# encoder. The guide is the stage-2 CLIP continued once per entry of GUIDE_CLIP_STEPS (default "700 800") at
+# half its learning rate. The fine-tune (batch FT3_BATCH, default 256; FT3_STEPS steps, the first 200 training
+# only the discriminator) meets a new discriminator at a 4x lower generator learning rate, anchored to its
+# start over its first FT3_ANCHOR_STEPS (300) generator steps, into $RUN/gan-ft3; FT3_MERGE=ALPHA merges it
+# with its start as in 3c.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,6 +52,12 @@ FT2_STEPS=${FT2_STEPS:-0}
 FT2_BATCH=${FT2_BATCH:-1024}
 FT2_SECONDS=${FT2_SECONDS:-1000000}
 FT2_MERGE=${FT2_MERGE:-}
+FT3_STEPS=${FT3_STEPS:-0}
+FT3_BATCH=${FT3_BATCH:-256}
+FT3_SECONDS=${FT3_SECONDS:-1000000}
+FT3_ANCHOR_STEPS=${FT3_ANCHOR_STEPS:-300}
+FT3_MERGE=${FT3_MERGE:-}
+GUIDE_CLIP_STEPS=${GUIDE_CLIP_STEPS:-700 800}
 LAUNCH="accelerate launch --num_processes 1 --num_machines 1 --mixed_precision $PRECISION --dynamo_backend no --main_process_port $PORT --num_cpu_threads_per_process $THREADS"
 
 # 1. Data
@@ -85,7 +99,7 @@ fi
 
 # 3b/3c. Optional fine-tunes at larger batches, each from the previous stage's pipeline (its EMA generator and
 # discriminator, fresh optimizers; resumable; each stops at its STEPS or SECONDS)
-finetune() {  # SRC DST STEPS BATCH SECONDS
+finetune() {  # SRC DST STEPS BATCH SECONDS [trainer options, after (and so over) the ones here]
   $LAUNCH train_scripts/train_product_gan.py \
     --pretrained_model_name_or_path "$1" --dataset_name "$DATA" --resolution 32 --seed "$SEED" \
     --train_batch_size "$4" --learning_rate "$LR" --mixed_precision "$PRECISION" \
@@ -93,7 +107,7 @@ finetune() {  # SRC DST STEPS BATCH SECONDS
     --validation_steps "$CKPT_STEPS" --validation_fid_num_images "$FID_IMAGES" \
     --embedding_cache_dir "$RUN/embedding-cache" --report_to tensorboard \
     --max_train_steps "$3" --max_train_seconds "$5" \
-    --resume_from_checkpoint latest --output_dir "$2" $GAN_ARGS
+    --resume_from_checkpoint latest --output_dir "$2" $GAN_ARGS "${@:6}"
 }
 FINAL="$RUN/gan"
 if [ "$FT_STEPS" -gt 0 ]; then
@@ -108,6 +122,28 @@ if [ "$FT2_STEPS" -gt 0 ]; then
     FINAL="$RUN/gan-ft2-merged"
   else
     FINAL="$RUN/gan-ft2"
+  fi
+fi
+if [ "$FT3_STEPS" -gt 0 ]; then
+  GUIDE="$RUN/clip"; i=0
+  for steps in $GUIDE_CLIP_STEPS; do  # each continuation resumes its own folder when rerun
+    i=$((i + 1))
+    $LAUNCH train_scripts/train_clip.py --pretrained_model_name_or_path "$GUIDE" \
+      --dataset_name "$DATA" --resolution 32 --seed "$((SEED + i))" \
+      --train_batch_size "$CLIP_BATCH" --max_train_steps "$steps" --learning_rate 2.5e-4 --lr_warmup_steps 50 \
+      --dataloader_num_workers "$WORKERS" --checkpointing_steps 100 --checkpoints_total_limit 2 \
+      --validation_steps "$steps" --resume_from_checkpoint latest --report_to tensorboard --output_dir "$RUN/clip-guide$i"
+    GUIDE="$RUN/clip-guide$i"
+  done
+  finetune "$FINAL" "$RUN/gan-ft3" "$FT3_STEPS" "$FT3_BATCH" "$FT3_SECONDS" \
+    --discriminator_config configs/default-32-discriminator.json --learning_rate 5e-5 --d_learning_rate 2e-4 \
+    --ema_decay 0.99 --clip_guidance_model "$GUIDE" --clip_guidance_weight 2 \
+    --anchor_weight 10 --anchor_steps "$FT3_ANCHOR_STEPS"
+  if [ -n "$FT3_MERGE" ]; then
+    python -m prodimg.training.merge "$FINAL" "$RUN/gan-ft3" --alpha "$FT3_MERGE" --out "$RUN/gan-ft3-merged"
+    FINAL="$RUN/gan-ft3-merged"
+  else
+    FINAL="$RUN/gan-ft3"
   fi
 fi
 
