@@ -26,7 +26,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -36,7 +35,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .training.args import add_data_args, add_hub_args, add_optimizer_args, add_run_args, check_common_args
+from .training.args import (
+    accelerator_from_args,
+    add_data_args,
+    add_hub_args,
+    add_optimizer_args,
+    add_run_args,
+    check_common_args,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -302,8 +308,7 @@ class CLIPTrainer:
     """Sets up a run from parsed arguments (bad input fails here), then :meth:`train` runs it."""
 
     def __init__(self, args: argparse.Namespace):
-        from accelerate import Accelerator
-        from accelerate.utils import ProjectConfiguration, set_seed
+        from accelerate.utils import set_seed
         from diffusers.optimization import get_scheduler
         from torch.utils.data import DataLoader
 
@@ -316,14 +321,7 @@ class CLIPTrainer:
 
         self.args = args = check_args(args)
         self.output_dir = Path(args.output_dir)
-        report_to = None if args.report_to in (None, "none") else args.report_to
-        self.accelerator = acc = Accelerator(
-            mixed_precision="no",  # autocast (+ GradScaler for fp16) is MixedPrecision's, on every device
-            cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
-            log_with=report_to,
-            project_config=ProjectConfiguration(project_dir=str(self.output_dir),
-                                                logging_dir=str(self.output_dir / args.logging_dir)),
-        )
+        self.accelerator = acc = accelerator_from_args(args)
         setup_logging(acc)
         set_seed(args.seed)
         self.device = acc.device

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import signal
+import socket
+import subprocess
+import tempfile
+from collections.abc import Sequence
+
 import torch
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
@@ -104,3 +110,64 @@ def make_tiny_pipeline(seed: int = 0, **kwargs):
     from .pipeline import ProductImagePipeline
 
     return ProductImagePipeline(**get_dummy_components(seed, **kwargs))
+
+
+# ------------------------------------------------------------------------------------ launching
+def free_port() -> int:
+    """A TCP port that was free a moment ago (for ``accelerate launch --main_process_port``)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LaunchTimeout(AssertionError):
+    """A launched command ran past its time; ``output`` ends with each process's Python stacks."""
+
+    def __init__(self, cmd: Sequence[str], timeout: float, output: str):
+        self.output = output
+        super().__init__(
+            f"{' '.join(map(str, cmd[:8]))} ... ran past {timeout:g} s and was stopped; the end of its "
+            f"stderr, with the Python stack of every thread of each process:\n{output[-12000:]}"
+        )
+
+
+def run_launch(cmd: Sequence[str], *, env: dict, timeout: float = 300, cwd=None) -> subprocess.CompletedProcess:
+    """Run ``cmd`` (typically ``accelerate launch ...``) to the end and return its result (text output).
+
+    Past ``timeout`` seconds nothing is left behind, and the hang is explained: torchrun starts each
+    rank in its own session, so the launcher's process tree is collected first; every process gets
+    SIGABRT, on which Python's faulthandler (``PYTHONFAULTHANDLER``) writes the stack of each thread to
+    stderr; then SIGKILL. :class:`LaunchTimeout` carries those stacks. Output goes to files, not pipes,
+    so a chatty process can never block on a full pipe."""
+    import psutil
+
+    env = {**env, "PYTHONFAULTHANDLER": "1"}
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(list(map(str, cmd)), env=env, cwd=cwd, stdout=out, stderr=err, start_new_session=True)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+            except psutil.NoSuchProcess:
+                tree = []
+            for p in reversed(tree):  # the ranks first, so the launcher does not tear them down unheard
+                try:
+                    p.send_signal(signal.SIGABRT)
+                except psutil.NoSuchProcess:
+                    pass
+            psutil.wait_procs(tree, timeout=10)
+            for p in tree:
+                try:
+                    p.kill()
+                except psutil.NoSuchProcess:
+                    pass
+            psutil.wait_procs(tree, timeout=10)
+            proc.wait()
+            err.seek(0)
+            raise LaunchTimeout(cmd, timeout, err.read().decode(errors="replace")) from None
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(
+            proc.args, proc.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace")
+        )

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import torch
 
 from prodimg.clip_training import main as clip_main
 from prodimg.clip_training import retrieval_accuracy
-from prodimg.testing import TINY_TEXT_DIM, tiny_generator
+from prodimg.testing import TINY_TEXT_DIM, free_port, run_launch, tiny_generator
 from prodimg.training.checkpointing import checkpoint_problem
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -40,12 +38,6 @@ def tiny_args(data: Path, out: Path, steps: int = 3, **extra) -> list[str]:
     return [x for k, v in args.items() for x in (f"--{k}", str(v))]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return make_labeled_dataset(tmp_path_factory.mktemp("clipdata") / "data", {"train": 16, "validation": 10})
@@ -60,7 +52,7 @@ def launched_run(data, tmp_path_factory):
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
            str(SCRIPT), *tiny_args(data, out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO, check=False)
+    proc = run_launch(cmd, env=env, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out, proc.stderr
 

@@ -7,8 +7,6 @@ import csv
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from prodimg.catalog_generation import (
     row_seed,
 )
 from prodimg.cli import main
-from prodimg.testing import make_tiny_pipeline
+from prodimg.testing import free_port, make_tiny_pipeline, run_launch
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = [
@@ -195,23 +193,17 @@ def test_single_prompt_mode_still_works(pipe_dir, tmp_path):
     assert main(["generate", "red dress", "--prompts", "x.csv", "--out", str(tmp_path)]) == 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_write_the_same_bytes(reference, pipe_dir, prompts_csv, tmp_path):
     out = tmp_path / "catalog"
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(_free_port()), "-m", "prodimg.cli",
+        "--main_process_port", str(free_port()), "-m", "prodimg.cli",
         "generate", "--prompts", str(prompts_csv), "--out", str(out), "--pipeline", str(pipe_dir),
         "--batch_size", "3", "-n", "2",
     ]
-    res = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    res = run_launch(cmd, env=env, timeout=300, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "on 2 process(es)" in res.stdout
     assert "row/s" in res.stderr  # the progress bar

@@ -12,10 +12,10 @@ import operator
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,15 @@ import torch
 from PIL import Image
 
 from prodimg import ProductImagePipeline
-from prodimg.testing import make_tiny_pipeline, tiny_clip_model, tiny_discriminator, tiny_generator
+from prodimg.testing import (
+    LaunchTimeout,
+    free_port,
+    make_tiny_pipeline,
+    run_launch,
+    tiny_clip_model,
+    tiny_discriminator,
+    tiny_generator,
+)
 from prodimg.training import checkpointing as ckpt
 from prodimg.training.augment import diff_augment
 from prodimg.training.gan import (
@@ -45,12 +53,6 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "train_scripts" / "train_product_gan.py"
 COLORS = ["red", "blue", "green", "black"]
 CATEGORIES = ["dress", "bag", "sneaker", "shirt"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def subprocess_env(tmp: Path) -> dict:
@@ -164,9 +166,7 @@ def single_run(fixtures, tmp_path_factory):
         str(SCRIPT),
         *to_argv(args),
     ]
-    proc = subprocess.run(
-        cmd, env=subprocess_env(out.parent), capture_output=True, text=True, timeout=300, check=False
-    )
+    proc = run_launch(cmd, env=subprocess_env(out.parent), timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out, proc
 
@@ -274,8 +274,8 @@ def test_push_to_hub_sends_exactly_the_pipeline_files(single_run, monkeypatch):
     assert sent == set(hub.files_to_upload(out))
 
 
-def test_accelerate_launch_two_processes_ddp(fixtures, tmp_path):
-    out = tmp_path / "ddp"
+def _launch_ddp(fixtures, root: Path, timeout: float):
+    out = root / "ddp"
     args = base_args(
         fixtures,
         out,
@@ -303,9 +303,18 @@ def test_accelerate_launch_two_processes_ddp(fixtures, tmp_path):
         str(SCRIPT),
         *to_argv(args),
     ]
-    proc = subprocess.run(
-        cmd, env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=300, check=False
-    )
+    return out, run_launch(cmd, env=subprocess_env(root), timeout=timeout)
+
+
+def test_accelerate_launch_two_processes_ddp(fixtures, tmp_path):
+    # About 20 s. Once, in the CI run after session 13, this run hung until its 300 s timeout; it has not
+    # hung in 35 runs here since. So a hang is retried once, in fresh folders, and kept as a warning with
+    # the stack of every thread of every process (run_launch). A second hang, or any error, fails.
+    try:
+        out, proc = _launch_ddp(fixtures, tmp_path / "try1", timeout=140)
+    except LaunchTimeout as hang:
+        warnings.warn(f"the 2-process DDP run hung and is retried once: {hang}", stacklevel=1)
+        out, proc = _launch_ddp(fixtures, tmp_path / "try2", timeout=140)
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads((out / SUMMARY_FILE).read_text())
     assert summary["num_processes"] == 2 and summary["images_seen"] == 3 * 2 * 2 * 2
@@ -567,6 +576,7 @@ def test_repeated_nonfinite_steps_stop_the_run_cleanly(fixtures, tmp_path, monke
         ({"discriminator_warmup_steps": -1}, "--discriminator_warmup_steps must be >= 0"),
         ({"anchor_weight": -1}, "--anchor_weight must be >= 0"),
         ({"anchor_weight": 1, "anchor_steps": 0}, "--anchor_steps must be >= 1"),
+        ({"ddp_timeout": 0}, "--ddp_timeout must be > 0 seconds"),
     ],
 )
 def test_bad_arguments_stop_before_training(fixtures, tmp_path, override, message, capsys):

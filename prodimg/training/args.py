@@ -108,6 +108,37 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--logging_dir", type=str, default="logs", help="TensorBoard folder, relative to --output_dir."
     )
+    g.add_argument(
+        "--ddp_timeout",
+        type=float,
+        default=1800,
+        help="Seconds a process waits in a collective (DDP gradient sync, barrier) before it fails with "
+        "an error instead of hanging, e.g. when another process died or stalled.",
+    )
+
+
+def accelerator_from_args(args: argparse.Namespace):
+    """The run's ``Accelerator``: trackers and logging folder from the run flags, ``--ddp_timeout`` on
+    every collective, and DDP over gloo when ``accelerate launch`` starts several processes without CUDA.
+
+    ``mixed_precision`` stays ``no``: autocast and loss scaling are :class:`~.precision.MixedPrecision`'s
+    on every device."""
+    from datetime import timedelta
+
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration
+
+    output_dir = os.fspath(args.output_dir)
+    return Accelerator(
+        mixed_precision="no",
+        cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
+        log_with=None if args.report_to in (None, "none") else args.report_to,
+        project_config=ProjectConfiguration(
+            project_dir=output_dir, logging_dir=os.path.join(output_dir, args.logging_dir)
+        ),
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=args.ddp_timeout))],
+    )
 
 
 def add_optimizer_args(parser: argparse.ArgumentParser, learning_rate: float = 2e-4) -> None:
@@ -171,6 +202,8 @@ def check_common_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--dataloader_num_workers must be >= 0, got {args.dataloader_num_workers}")
     if args.max_train_samples is not None and args.max_train_samples < 1:
         raise ValueError(f"--max_train_samples must be >= 1, got {args.max_train_samples}")
+    if not args.ddp_timeout > 0:
+        raise ValueError(f"--ddp_timeout must be > 0 seconds, got {args.ddp_timeout}")
     if args.max_train_seconds is not None and not args.max_train_seconds > 0:
         raise ValueError(f"--max_train_seconds must be > 0, got {args.max_train_seconds}")
     if args.max_grad_norm is not None and args.max_grad_norm <= 0:

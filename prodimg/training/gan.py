@@ -61,7 +61,14 @@ from ..models import ProductDiscriminator, ProductGenerator
 from ..models.presets import DISCRIMINATOR_PRESETS, GENERATOR_PRESETS, discriminator_preset, generator_preset
 from ..schedulers import DDGANScheduler
 from ..utils import atomic_directory, atomic_write_bytes, atomic_write_text
-from .args import add_data_args, add_hub_args, add_optimizer_args, add_run_args, check_common_args
+from .args import (
+    accelerator_from_args,
+    add_data_args,
+    add_hub_args,
+    add_optimizer_args,
+    add_run_args,
+    check_common_args,
+)
 from .augment import diff_augment, parse_policy
 from .checkpointing import load_checkpoint, resolve_resume_checkpoint, save_checkpoint
 from .clip_guidance import CLIPGuidance
@@ -539,8 +546,7 @@ class GANTrainer:
     training), then :meth:`train` runs it."""
 
     def __init__(self, args: argparse.Namespace):
-        from accelerate import Accelerator
-        from accelerate.utils import ProjectConfiguration, set_seed
+        from accelerate.utils import set_seed
         from diffusers.optimization import get_scheduler
         from diffusers.training_utils import EMAModel
 
@@ -549,16 +555,7 @@ class GANTrainer:
 
         self.args = args = check_args(args)
         self.output_dir = Path(args.output_dir)
-        report_to = None if args.report_to in (None, "none") else args.report_to
-        self.accelerator = accelerator = Accelerator(
-            mixed_precision="no",  # autocast + GradScaler are MixedPrecision's (see the module docstring)
-            # `accelerate launch --multi_gpu` on a machine without CUDA: DDP over gloo on the CPU.
-            cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
-            log_with=report_to,
-            project_config=ProjectConfiguration(
-                project_dir=str(self.output_dir), logging_dir=str(self.output_dir / args.logging_dir)
-            ),
-        )
+        self.accelerator = accelerator = accelerator_from_args(args)
         setup_logging(accelerator)
         set_seed(args.seed)
         self.device = accelerator.device
