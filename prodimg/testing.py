@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Sequence
 
 import torch
@@ -120,11 +122,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_until_ended(process, timeout: float) -> None:
+    """Wait until ``process`` (a ``psutil.Process``, not necessarily a child of this one) is gone or a
+    zombie (its parent may be stopped, and will not reap it), at most ``timeout`` seconds."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
+        time.sleep(0.05)
+
+
 class LaunchTimeout(AssertionError):
     """A launched command ran past its time; ``output`` ends with each process's Python stacks."""
 
     def __init__(self, cmd: Sequence[str], timeout: float, output: str):
-        self.output = output
+        # faulthandler's list of loaded extension modules is one long line per process: not the stack
+        self.output = output = "\n".join(
+            line for line in output.splitlines() if not line.startswith("Extension modules:")
+        )
         super().__init__(
             f"{' '.join(map(str, cmd[:8]))} ... ran past {timeout:g} s and was stopped; the end of its "
             f"stderr, with the Python stack of every thread of each process:\n{output[-12000:]}"
@@ -134,11 +154,13 @@ class LaunchTimeout(AssertionError):
 def run_launch(cmd: Sequence[str], *, env: dict, timeout: float = 300, cwd=None) -> subprocess.CompletedProcess:
     """Run ``cmd`` (typically ``accelerate launch ...``) to the end and return its result (text output).
 
-    Past ``timeout`` seconds nothing is left behind, and the hang is explained: torchrun starts each
-    rank in its own session, so the launcher's process tree is collected first; every process gets
-    SIGABRT, on which Python's faulthandler (``PYTHONFAULTHANDLER``) writes the stack of each thread to
-    stderr; then SIGKILL. :class:`LaunchTimeout` carries those stacks. Output goes to files, not pipes,
-    so a chatty process can never block on a full pipe."""
+    Past ``timeout`` seconds nothing is left behind, and the hang is explained. torchrun starts each
+    rank in its own session, so the launcher's process tree is collected first and frozen (SIGSTOP),
+    so that no process reacts to another's end. Then, one at a time (ranks first, so their stacks do
+    not interleave in the shared stderr), each gets SIGABRT and SIGCONT: Python's faulthandler
+    (``PYTHONFAULTHANDLER``) writes the stack of each of its threads. What is left gets SIGKILL.
+    :class:`LaunchTimeout` carries those stacks. Output goes to files, not pipes, so a chatty process
+    can never block on a full pipe."""
     import psutil
 
     env = {**env, "PYTHONFAULTHANDLER": "1"}
@@ -148,21 +170,21 @@ def run_launch(cmd: Sequence[str], *, env: dict, timeout: float = 300, cwd=None)
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
             try:
-                tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+                launcher = psutil.Process(proc.pid)
+                tree = [launcher, *launcher.children(recursive=True)]
             except psutil.NoSuchProcess:
                 tree = []
-            for p in reversed(tree):  # the ranks first, so the launcher does not tear them down unheard
-                try:
-                    p.send_signal(signal.SIGABRT)
-                except psutil.NoSuchProcess:
-                    pass
-            psutil.wait_procs(tree, timeout=10)
             for p in tree:
-                try:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    p.suspend()
+            for p in reversed(tree):
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    p.send_signal(signal.SIGABRT)
+                    p.resume()
+                    _wait_until_ended(p, 10)
+            for p in tree:
+                with contextlib.suppress(psutil.NoSuchProcess):
                     p.kill()
-                except psutil.NoSuchProcess:
-                    pass
-            psutil.wait_procs(tree, timeout=10)
             proc.wait()
             err.seek(0)
             raise LaunchTimeout(cmd, timeout, err.read().decode(errors="replace")) from None
