@@ -308,8 +308,9 @@ def _launch_ddp(fixtures, root: Path, timeout: float):
 
 def test_accelerate_launch_two_processes_ddp(fixtures, tmp_path):
     # About 20 s. Once, in the CI run after session 13, this run hung until its 300 s timeout; it has not
-    # hung in 35 runs here since. So a hang is retried once, in fresh folders, and kept as a warning with
-    # the stack of every thread of every process (run_launch). A second hang, or any error, fails.
+    # hung in 28 runs here since (9 of them beside a CPU-bound process). So a hang is retried once, in
+    # fresh folders, and kept as a warning with the stack of every thread of every process (run_launch).
+    # A second hang, or any error, fails.
     try:
         out, proc = _launch_ddp(fixtures, tmp_path / "try1", timeout=140)
     except LaunchTimeout as hang:
