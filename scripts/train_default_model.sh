@@ -109,6 +109,15 @@ finetune() {  # SRC DST STEPS BATCH SECONDS [trainer options, after (and so over
     --max_train_steps "$3" --max_train_seconds "$5" \
     --resume_from_checkpoint latest --output_dir "$2" $GAN_ARGS "${@:6}"
 }
+take() {  # START TUNED [ALPHA]: the next stage starts from TUNED, or with ALPHA from its merge with START
+  if [ -n "${3:-}" ]; then
+    # WiSE-FT: average the fine-tune's generator with its start's (weight ALPHA on the fine-tune)
+    python -m prodimg.training.merge "$1" "$2" --alpha "$3" --out "$2-merged"
+    FINAL="$2-merged"
+  else
+    FINAL="$2"
+  fi
+}
 FINAL="$RUN/gan"
 if [ "$FT_STEPS" -gt 0 ]; then
   finetune "$FINAL" "$RUN/gan-ft" "$FT_STEPS" "$FT_BATCH" "$FT_SECONDS"
@@ -116,13 +125,7 @@ if [ "$FT_STEPS" -gt 0 ]; then
 fi
 if [ "$FT2_STEPS" -gt 0 ]; then
   finetune "$FINAL" "$RUN/gan-ft2" "$FT2_STEPS" "$FT2_BATCH" "$FT2_SECONDS"
-  if [ -n "$FT2_MERGE" ]; then
-    # WiSE-FT: average the fine-tune's generator with its start's (weight FT2_MERGE on the fine-tune)
-    python -m prodimg.training.merge "$FINAL" "$RUN/gan-ft2" --alpha "$FT2_MERGE" --out "$RUN/gan-ft2-merged"
-    FINAL="$RUN/gan-ft2-merged"
-  else
-    FINAL="$RUN/gan-ft2"
-  fi
+  take "$FINAL" "$RUN/gan-ft2" "$FT2_MERGE"
 fi
 if [ "$FT3_STEPS" -gt 0 ]; then
   GUIDE="$RUN/clip"; i=0
@@ -139,12 +142,7 @@ if [ "$FT3_STEPS" -gt 0 ]; then
     --discriminator_config configs/default-32-discriminator.json --learning_rate 5e-5 --d_learning_rate 2e-4 \
     --ema_decay 0.99 --clip_guidance_model "$GUIDE" --clip_guidance_weight 2 \
     --anchor_weight 10 --anchor_steps "$FT3_ANCHOR_STEPS"
-  if [ -n "$FT3_MERGE" ]; then
-    python -m prodimg.training.merge "$FINAL" "$RUN/gan-ft3" --alpha "$FT3_MERGE" --out "$RUN/gan-ft3-merged"
-    FINAL="$RUN/gan-ft3-merged"
-  else
-    FINAL="$RUN/gan-ft3"
-  fi
+  take "$FINAL" "$RUN/gan-ft3" "$FT3_MERGE"
 fi
 
 # 4. Ship: fp16 weights in save_pretrained layout, with the discriminator (1.5 MB), so that fine-tuning the
