@@ -578,6 +578,13 @@ def test_repeated_nonfinite_steps_stop_the_run_cleanly(fixtures, tmp_path, monke
         ({"anchor_weight": -1}, "--anchor_weight must be >= 0"),
         ({"anchor_weight": 1, "anchor_steps": 0}, "--anchor_steps must be >= 1"),
         ({"ddp_timeout": 0}, "--ddp_timeout must be > 0 seconds"),
+        ({"adversarial_weight": -1}, "--adversarial_weight must be >= 0"),
+        ({"adversarial_weight": 0, "anchor_weight": 1}, "so the generator needs --clip_guidance_model"),
+        ({"adversarial_weight": 0, "clip_guidance_model": "x"}, "and --anchor_weight > 0"),
+        (
+            {"adversarial_weight": 0, "clip_guidance_model": "x", "anchor_weight": 1, "discriminator_warmup_steps": 2},
+            "--discriminator_warmup_steps has nothing to warm up",
+        ),
     ],
 )
 def test_bad_arguments_stop_before_training(fixtures, tmp_path, override, message, capsys):
@@ -874,6 +881,34 @@ def test_clip_guidance_by_a_clip_with_another_text_tower(fixtures, clips, tmp_pa
     for (texts,), embeds in zip(batches, seen):
         torch.testing.assert_close(embeds, guide.encode_texts(texts))
     assert len(seen) == 2
+
+
+def test_adversarial_weight_zero_trains_without_a_discriminator(fixtures, clips, tmp_path):
+    """--adversarial_weight 0: no discriminator step and no warm-up (though the pipeline has no saved
+    discriminator); the generator learns from CLIP guidance and the anchor from step 1; the saved
+    discriminator is the one it started with."""
+    from prodimg.training.sampler import endless_batches
+
+    out = tmp_path / "out"
+    args = base_args(
+        fixtures, out, adversarial_weight=0.0, clip_guidance_model=str(clips[1]), anchor_weight=1.0,
+        discriminator_warmup_steps=None, checkpointing_steps=1, max_train_steps=2, validation_steps=100,
+    )
+    trainer = GANTrainer(parse_args(to_argv(args)))
+    assert trainer.d_warmup == 0
+    d_start = {k: v.clone() for k, v in trainer.D.state_dict().items()}
+    batches = endless_batches(trainer.loader, trainer.sampler, trainer.state)
+    logs = trainer.train_step([next(batches)])
+    assert {"loss/g_clip", "loss/g_anchor"} <= set(logs)
+    assert not {k for k in logs if k.startswith(("loss/d", "d_accuracy", "loss/g/"))} and "loss/g" not in logs
+    assert all(torch.equal(v, d_start[k]) for k, v in trainer.D.state_dict().items())
+
+    train_product_gan(**args)
+    d1, d2 = _weights(out, 1, "discriminator"), _weights(out, 2, "discriminator")
+    assert all(torch.equal(d1[k], d2[k]) for k in d1)
+    g1, g2 = _weights(out, 1, "generator"), _weights(out, 2, "generator")
+    assert any(not torch.equal(g1[k], g2[k]) for k in g1)
+    assert "none (adversarial weight 0" in (out / "README.md").read_text()
 
 
 def test_clip_guidance_loss():

@@ -24,6 +24,8 @@ gradients wreck the generator within a hundred steps. ``--discriminator_warmup_s
 steps, leaving the generator, its EMA and its optimizer untouched. On the shipped default this reduces
 the damage but does not prevent it (its model card has the figures): keep a pipeline's discriminator.
 ``--anchor_weight`` holds the generator's outputs near the pipeline's own while a new discriminator learns.
+``--adversarial_weight 0`` goes without a discriminator: the generator learns from CLIP guidance alone,
+held to its pipeline by the anchor, and no discriminator step runs.
 
 Every optimizer step goes through :func:`prodimg.training.precision.guarded_step` (fp16 loss
 scaling, non-finite skip, consistent across processes). Mixed precision is handled by
@@ -166,6 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="Weight of the matching-aware term (real image + wrong caption = fake); 0 disables.",
     )
     g.add_argument(
+        "--adversarial_weight",
+        type=float,
+        default=1.0,
+        help="Weight of the discriminator's (adversarial) term in the generator's loss. 0 fine-tunes without a "
+        "discriminator: no discriminator steps at all, the generator learns from --clip_guidance_model only, "
+        "held near its starting pipeline by --anchor_weight (both required then).",
+    )
+    g.add_argument(
         "--clip_guidance_model",
         type=str,
         default=None,
@@ -266,6 +276,16 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(f"--clip_guidance_weight must be > 0, got {args.clip_guidance_weight}")
     if args.anchor_weight < 0:
         raise ValueError(f"--anchor_weight must be >= 0, got {args.anchor_weight}")
+    if args.adversarial_weight < 0:
+        raise ValueError(f"--adversarial_weight must be >= 0, got {args.adversarial_weight}")
+    if args.adversarial_weight == 0:
+        if args.clip_guidance_model is None or not args.anchor_weight > 0:
+            raise ValueError(
+                "--adversarial_weight 0 trains without a discriminator, so the generator needs "
+                "--clip_guidance_model (what to learn) and --anchor_weight > 0 (what holds it to its pipeline)"
+            )
+        if args.discriminator_warmup_steps:
+            raise ValueError("--discriminator_warmup_steps has nothing to warm up with --adversarial_weight 0")
     if args.anchor_steps is not None and args.anchor_steps < 1:
         raise ValueError(f"--anchor_steps must be >= 1, got {args.anchor_steps}")
     if args.discriminator_warmup_steps is not None and args.discriminator_warmup_steps < 0:
@@ -491,10 +511,26 @@ def discriminator_warmup(args: argparse.Namespace, c: Components) -> int:
     :data:`DEFAULT_DISCRIMINATOR_WARMUP` when a pretrained generator meets a new discriminator."""
     if args.discriminator_warmup_steps is not None:
         return args.discriminator_warmup_steps
+    if args.adversarial_weight == 0:  # no discriminator steps at all
+        return 0
     return DEFAULT_DISCRIMINATOR_WARMUP if (c.source, c.discriminator_source) == ("pipeline", "new") else 0
 
 
 # ============================================================================================ helpers
+def _progress_postfix(logs: dict[str, float]) -> dict[str, str]:
+    """The progress bar's losses: D's (when it trains), G's adversarial term, or the phase's name."""
+    post = {}
+    if "loss/d_real" in logs:
+        post["d"] = f"{logs['loss/d_real'] + logs['loss/d_fake']:.3f}"
+    if "loss/g" in logs:
+        post["g"] = f"{logs['loss/g']:.3f}"
+    elif "loss/g_clip" in logs:
+        post["clip"] = f"{logs['loss/g_clip']:.3f}"
+    else:
+        post["g"] = "warm-up"
+    return post
+
+
 def _forced_nonfinite_steps() -> set[int] | str:
     value = os.environ.get(NONFINITE_ENV, "").strip()
     if not value:
@@ -814,13 +850,11 @@ class GANTrainer:
 
     # ------------------------------------------------------------------------------------ one step
     def train_step(self, micro: list[dict]) -> dict[str, float]:
-        args, acc, sched, gen, prec = self.args, self.accelerator, self.scheduler, self.gen, self.precision
-        G_mod, D_mod = acc.unwrap_model(self.G), acc.unwrap_model(self.D)
+        args, prec = self.args, self.precision
         n = len(micro)
         step_no = self.state.step + 1
         do_r1 = args.r1_gamma > 0 and step_no % args.r1_interval == 0
         force_nan = _is_forced(step_no, self.forced_nonfinite)
-        z_dim = G_mod.config.z_dim
         conds = []
         for mb in micro:
             x0 = mb["pixel_values"].to(self.device, non_blocking=True)
@@ -831,7 +865,53 @@ class GANTrainer:
             value = value.detach().float() / n
             pending[key] = pending[key] + value if key in pending else value
 
-        # ---- discriminator
+        if args.adversarial_weight > 0:
+            res_d = self._discriminator_step(conds, add, do_r1=do_r1, force_nan=force_nan)
+        else:  # no discriminator: it stays as it was loaded, and so do its optimizer and schedule
+            res_d = StepResult(stepped=False)
+
+        g_phase = step_no > self.d_warmup
+        if g_phase:
+            res_g = self._generator_step(conds, add)
+        else:  # discriminator warm-up: G, its EMA, its optimizer and its LR schedule stay as they are
+            res_g = StepResult(stepped=False)
+        with warnings.catch_warnings():  # a schedule follows its phase's steps, also when a step was skipped
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+            if g_phase:
+                self.lr_g.step()
+            if args.adversarial_weight > 0:
+                self.lr_d.step()
+        self.state.step = step_no
+        self.state.images_seen += self.state.global_batch_size
+        bad = self.guard.update(step_no, res_d, res_g, last_checkpoint=self.last_checkpoint)
+        if bad:
+            logger.warning(
+                f"step {step_no}: non-finite loss or gradient, optimizer step skipped "
+                f"({self.guard.consecutive} in a row, {self.guard.total_nonfinite} in total)"
+            )
+        stats = dict(zip(pending, torch.stack(list(pending.values())).tolist()))
+        stats.update(
+            {
+                "skipped/nonfinite_total": self.guard.total_nonfinite,
+                "skipped/amp_overflow_total": self.guard.total_overflow,
+                "skipped/nonfinite_step": float(bad),
+                "lr/generator": self.lr_g.get_last_lr()[0],
+                "lr/discriminator": self.lr_d.get_last_lr()[0],
+            }
+        )
+        if prec.scaler is not None:
+            stats["amp/loss_scale"] = float(prec.scaler.get_scale())
+        for key in ("loss/d_real", "loss/d_fake", "loss/g", "loss/g_clip", "loss/g_anchor", "loss/d_match",
+                    "r1_penalty"):
+            if key in stats and not math.isfinite(stats[key]):
+                stats[key] = float("nan")
+        return stats
+
+    def _discriminator_step(self, conds: list[tuple], add, *, do_r1: bool, force_nan: bool) -> StepResult:
+        """The discriminator phase of a step: real pairs against fresh fakes from the generator."""
+        args, acc, sched, gen, prec = self.args, self.accelerator, self.scheduler, self.gen, self.precision
+        G_mod, D_mod = acc.unwrap_model(self.G), acc.unwrap_model(self.D)
+        n, z_dim = len(conds), G_mod.config.z_dim
         finite = torch.ones((), dtype=torch.bool, device=self.device)
         for i, (x0, texts, hidden, mask, pooled, dropped) in enumerate(conds):
             b = x0.shape[0]
@@ -879,43 +959,7 @@ class GANTrainer:
             add("loss/d_fake", loss_fake.detach())
             add("d_accuracy/real", (real_logits.detach() > 0).float().mean())
             add("d_accuracy/fake", (fake_logits.detach() < 0).float().mean())
-        res_d = guarded_step(self.opt_d, self.D.parameters(), finite, prec, acc, args.max_grad_norm)
-
-        g_phase = step_no > self.d_warmup
-        if g_phase:
-            res_g = self._generator_step(conds, add)
-        else:  # discriminator warm-up: G, its EMA, its optimizer and its LR schedule stay as they are
-            res_g = StepResult(stepped=False)
-        with warnings.catch_warnings():  # a schedule follows its phase's steps, also when a step was skipped
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
-            if g_phase:
-                self.lr_g.step()
-            self.lr_d.step()
-        self.state.step = step_no
-        self.state.images_seen += self.state.global_batch_size
-        bad = self.guard.update(step_no, res_d, res_g, last_checkpoint=self.last_checkpoint)
-        if bad:
-            logger.warning(
-                f"step {step_no}: non-finite loss or gradient, optimizer step skipped "
-                f"({self.guard.consecutive} in a row, {self.guard.total_nonfinite} in total)"
-            )
-        stats = dict(zip(pending, torch.stack(list(pending.values())).tolist()))
-        stats.update(
-            {
-                "skipped/nonfinite_total": self.guard.total_nonfinite,
-                "skipped/amp_overflow_total": self.guard.total_overflow,
-                "skipped/nonfinite_step": float(bad),
-                "lr/generator": self.lr_g.get_last_lr()[0],
-                "lr/discriminator": self.lr_d.get_last_lr()[0],
-            }
-        )
-        if prec.scaler is not None:
-            stats["amp/loss_scale"] = float(prec.scaler.get_scale())
-        for key in ("loss/d_real", "loss/d_fake", "loss/g", "loss/g_clip", "loss/g_anchor", "loss/d_match",
-                    "r1_penalty"):
-            if key in stats and not math.isfinite(stats[key]):
-                stats[key] = float("nan")
-        return stats
+        return guarded_step(self.opt_d, self.D.parameters(), finite, prec, acc, args.max_grad_norm)
 
     def _generator_step(self, conds: list[tuple], add) -> StepResult:
         """The generator phase of a step: D frozen, and called unwrapped so DDP(D) expects no gradients."""
@@ -936,11 +980,15 @@ class GANTrainer:
                     with prec.autocast():
                         z = torch.randn(b, z_dim, generator=gen, device=self.device)
                         x0_fake = self.G(x_tp1, t, z, hidden, pooled, mask).sample.float()
-                    x_t_fake = sched.sample_posterior(x0_fake, x_tp1, t, generator=gen)
-                    samples, noisy = diff_augment([x_t_fake, x_tp1], self.policy, gen)
+                    loss = torch.zeros((), device=self.device)
+                    if args.adversarial_weight > 0:
+                        x_t_fake = sched.sample_posterior(x0_fake, x_tp1, t, generator=gen)
+                        samples, noisy = diff_augment([x_t_fake, x_tp1], self.policy, gen)
+                        with prec.autocast():
+                            loss_g = generator_loss(D_mod(samples, noisy, t, pooled).logits)
+                        loss = loss + args.adversarial_weight * loss_g
+                        add("loss/g", loss_g.detach())
                     with prec.autocast():
-                        loss_g = generator_loss(D_mod(samples, noisy, t, pooled).logits)
-                        loss = loss_g
                         if self.clip_guidance is not None:
                             text_clip = self.clip_guidance.text_embeds(texts)
                             loss_clip = self.clip_guidance.loss(x0_fake, text_clip, keep=~dropped, generator=gen)
@@ -955,7 +1003,6 @@ class GANTrainer:
                     loss = loss / n
                     finite &= torch.isfinite(loss.detach())
                     acc.backward(prec.scale(loss))
-                add("loss/g", loss_g.detach())
         finally:
             D_mod.requires_grad_(True)
         res_g = guarded_step(self.opt_g, self.G.parameters(), finite, prec, acc, args.max_grad_norm)
@@ -1104,11 +1151,7 @@ class GANTrainer:
                 logs["images_per_second"] = meter.rate()
                 acc.log(logs, step=self.state.step)
                 bar.update(1)
-                bar.set_postfix(
-                    d=f"{logs['loss/d_real'] + logs['loss/d_fake']:.3f}",
-                    g=f"{logs['loss/g']:.3f}" if "loss/g" in logs else "warm-up",
-                    skipped=self.guard.total_nonfinite,
-                )
+                bar.set_postfix(**_progress_postfix(logs), skipped=self.guard.total_nonfinite)
                 stop = False
                 if self.state.step % args.validation_steps == 0:
                     stop = self.validate()
@@ -1232,7 +1275,11 @@ class GANTrainer:
                 if self.anchor is not None
                 else "off"
             ),
-            "discriminator": f"{c.discriminator_source}, {self.d_warmup} warm-up steps",
+            "discriminator": (
+                f"{c.discriminator_source}, {self.d_warmup} warm-up steps, adversarial weight {args.adversarial_weight}"
+                if args.adversarial_weight > 0
+                else "none (adversarial weight 0: not trained, not used)"
+            ),
             "EMA decay": args.ema_decay,
             "saved generator": summary["saved_generator"],
             "stop reason": summary["stop_reason"],
