@@ -850,7 +850,7 @@ def test_clip_guidance_term_trains_the_generator(fixtures, clips, tmp_path, monk
     )
     assert summary["global_step"] == 2
     assert len(calls) == 2 and all(grad and 0 <= v <= 2 for grad, v in calls)
-    assert f"{clips[0]}, weight 2.0" in (out / "README.md").read_text()
+    assert f"{clips[0]}, cosine, weight 2.0" in (out / "README.md").read_text()
 
 
 def test_clip_guidance_by_a_clip_with_another_text_tower(fixtures, clips, tmp_path, monkeypatch):
@@ -945,6 +945,37 @@ def test_clip_guidance_loss():
     (grad,) = torch.autograd.grad(guide.loss(images, text, keep), images)
     assert grad[1].abs().sum() == 0 and grad[3].abs().sum() == 0  # dropped rows get no gradient
     assert float(guide.loss(images, text, torch.zeros(4, dtype=torch.bool)).detach()) == 0
+
+
+def test_clip_guidance_contrastive_objective():
+    """contrastive: the cross-entropy of each kept row's caption among the kept rows' distinct captions
+    (a repeated caption is one class), at the CLIP's temperature; 0 with fewer than two captions."""
+    from prodimg.evaluation.clip import CLIPJudge
+    from prodimg.text import load_clip_tokenizer
+    from prodimg.training.clip_guidance import CLIPGuidance
+
+    model = tiny_clip_model()
+    judge = CLIPJudge(model, load_clip_tokenizer(), [0.5] * 3, [0.25] * 3, "tiny")
+    guide = CLIPGuidance(judge, objective="contrastive")
+    guide.translate = ()
+    assert guide.logit_scale == pytest.approx(float(model.logit_scale.detach().exp()))
+    images = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    texts = ["red dress", "blue bag", "red dress", "black shirt", "green sneaker"]
+    text = guide.text_embeds(texts)
+    keep = torch.tensor([True, True, True, False, True])
+    image = torch.nn.functional.normalize(guide.image_embeds(images), dim=-1)
+    classes = guide.text_embeds(["red dress", "blue bag", "green sneaker"])  # black shirt's row is dropped
+    logits = guide.logit_scale * image @ torch.nn.functional.normalize(classes, dim=-1).T
+    target = torch.tensor([0, 1, 0, 0, 2])
+    expected = torch.nn.functional.cross_entropy(logits[keep], target[keep])
+    torch.testing.assert_close(guide.loss(images, text, keep), expected)
+    images.requires_grad_(True)
+    (grad,) = torch.autograd.grad(guide.loss(images, text, keep), images)
+    assert grad[3].abs().sum() == 0 and grad[[0, 1, 2, 4]].abs().sum() > 0
+    one = torch.tensor([True, False, True, False, False])  # two rows, one caption: nothing to contrast
+    assert float(guide.loss(images, text, one).detach()) == 0
+    with pytest.raises(ValueError, match="objective must be one of cosine, contrastive"):
+        CLIPGuidance(judge, objective="hinge")
 
 
 def test_clip_guidance_text_embeddings():

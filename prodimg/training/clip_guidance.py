@@ -15,6 +15,12 @@ captions once into one table on the training device (4 bytes per caption per pro
 50 MB for the catalogue's 48,599 captions at 256); a step looks its captions up there, and captions
 outside the table are encoded on the fly.
 
+With ``objective="contrastive"`` the term is instead CLIP's own training loss, image to text: the
+cross-entropy of each image's caption among the batch's distinct captions, at the CLIP's learned
+temperature. The cosine can be raised by what every caption shares (a garment on white, its colour);
+the contrastive term only pays for what tells the image's caption apart from the others in the batch,
+such as the category word of a garment whose colour is already right.
+
 Generated images are shifted by a random translation before the image tower (DiffAugment's
 differentiable translation, filling with white, the catalogue's background), so the generator
 cannot satisfy CLIP with a fixed per-pixel pattern (an adversarial example for the judge)
@@ -35,11 +41,18 @@ from .augment import diff_augment, parse_policy
 logger = logging.getLogger(__name__)
 
 
+OBJECTIVES = ("cosine", "contrastive")
+
+
 class CLIPGuidance:
     """The frozen image tower of a CLIP (``transformers.CLIPModel``) as a differentiable alignment loss."""
 
-    def __init__(self, judge, device: torch.device | str = "cpu"):
+    def __init__(self, judge, device: torch.device | str = "cpu", objective: str = "cosine"):
+        if objective not in OBJECTIVES:
+            raise ValueError(f"CLIP guidance objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+        self.objective = objective
         model = judge.model
+        self.logit_scale = float(model.logit_scale.detach().exp())
         self.source = judge.source
         self.vision_model = model.vision_model.to(device).eval().requires_grad_(False)
         self.visual_projection = model.visual_projection.to(device).eval().requires_grad_(False)
@@ -55,10 +68,12 @@ class CLIPGuidance:
         self._table: torch.Tensor | None = None
 
     @classmethod
-    def from_pretrained(cls, path: str, device: torch.device | str = "cpu", **hub_kwargs) -> CLIPGuidance:
+    def from_pretrained(
+        cls, path: str, device: torch.device | str = "cpu", objective: str = "cosine", **hub_kwargs
+    ) -> CLIPGuidance:
         from ..evaluation.clip import load_clip_judge
 
-        return cls(load_clip_judge(path, device="cpu", **hub_kwargs), device)
+        return cls(load_clip_judge(path, device="cpu", **hub_kwargs), device, objective)
 
     @torch.no_grad()
     def encode_texts(self, texts: Sequence[str], batch_size: int = 1024) -> torch.Tensor:
@@ -113,9 +128,25 @@ class CLIPGuidance:
         keep: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """``1 - cos(image, text)`` averaged over the rows in ``keep`` (all rows when None); 0 when none."""
-        cos = F.cosine_similarity(self.image_embeds(images, generator).float(), text_embeds.float(), dim=-1)
-        if keep is None:
-            return (1 - cos).mean()
-        keep = keep.to(cos.device, cos.dtype)
-        return ((1 - cos) * keep).sum() / keep.sum().clamp(min=1)
+        """The guidance term averaged over the rows in ``keep`` (all rows when None); 0 when none.
+
+        ``cosine``: ``1 - cos(image, text)``. ``contrastive``: ``-log softmax`` of the image's own caption
+        among the distinct captions of the kept rows (identical captions are one class), logits
+        ``logit_scale * cos``; 0 when they hold fewer than two distinct captions.
+        """
+        image = self.image_embeds(images, generator).float()
+        text = text_embeds.float()
+        keep = torch.ones(len(image), device=image.device) if keep is None else keep.to(image.device, image.dtype)
+        if self.objective == "cosine":
+            per_row = 1 - F.cosine_similarity(image, text, dim=-1)
+        else:
+            captions, inverse = torch.unique(text, dim=0, return_inverse=True)
+            used = torch.unique(inverse[keep > 0])  # the kept rows' captions, as indices into `captions`
+            if len(used) < 2:
+                return image.sum() * 0
+            classes = torch.full((len(captions),), -100, dtype=torch.long, device=image.device)
+            classes[used] = torch.arange(len(used), device=image.device)
+            logits = self.logit_scale * F.normalize(image, dim=-1) @ F.normalize(captions[used], dim=-1).T
+            # a dropped row's caption may be no class (-100, ignored): its row is weighted 0 below anyway
+            per_row = F.cross_entropy(logits, classes[inverse], reduction="none", ignore_index=-100)
+        return (per_row * keep).sum() / keep.sum().clamp(min=1)

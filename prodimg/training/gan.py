@@ -13,7 +13,8 @@ One training step (``--gradient_accumulation_steps`` micro-batches per network):
    before DiffAugment, as in DDGAN; scaled by the interval).
 3. Generator: non-saturating loss on fresh fake pairs through the (frozen-for-this-phase) D, plus,
    with ``--clip_guidance_model``, ``--clip_guidance_weight`` x (1 - cos) between a frozen CLIP's
-   embedding of the predicted ``x_0`` and the caption's (:mod:`prodimg.training.clip_guidance`), and, with
+   embedding of the predicted ``x_0`` and the caption's (:mod:`prodimg.training.clip_guidance`; or, with
+   ``--clip_guidance_objective contrastive``, CLIP's cross-entropy over the batch's captions), and, with
    ``--anchor_weight``, that weight x MSE between the predicted ``x_0`` and the frozen starting generator's.
 4. EMA of G after each generator step; each LR scheduler steps once per step of its network's phase.
 
@@ -73,7 +74,7 @@ from .args import (
 )
 from .augment import diff_augment, parse_policy
 from .checkpointing import load_checkpoint, resolve_resume_checkpoint, save_checkpoint
-from .clip_guidance import CLIPGuidance
+from .clip_guidance import OBJECTIVES, CLIPGuidance
 from .hub import files_to_upload, push_folder_to_hub, render_pipeline_card, write_model_card
 from .losses import discriminator_loss, generator_loss, matching_loss, mismatched_captions, r1_penalty
 from .precision import MixedPrecision, NonFiniteGuard, NonFiniteTrainingError, StepResult, guarded_step
@@ -187,6 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.5,
         help="Weight of the CLIP guidance term (with --clip_guidance_model).",
+    )
+    g.add_argument(
+        "--clip_guidance_objective",
+        choices=OBJECTIVES,
+        default="cosine",
+        help="cosine: 1 - cos(image, caption) (StyleGAN-T). contrastive: CLIP's own loss, the cross-entropy of "
+        "the image's caption among the batch's distinct captions at the CLIP's temperature; its gradient is "
+        "about logit_scale times larger, so take a smaller --clip_guidance_weight.",
     )
     g.add_argument(
         "--anchor_weight",
@@ -661,12 +670,13 @@ class GANTrainer:
         self.clip_guidance: CLIPGuidance | None = None
         if args.clip_guidance_model:
             self.clip_guidance = CLIPGuidance.from_pretrained(
-                args.clip_guidance_model, self.device, cache_dir=args.cache_dir
+                args.clip_guidance_model, self.device, args.clip_guidance_objective, cache_dir=args.cache_dir
             )
             # Its own text embeddings of every training caption, once, in a fixed order (like the cache).
             self.clip_guidance.precompute(captions)
             logger.info(
-                f"CLIP guidance from {self.clip_guidance.source} (weight {args.clip_guidance_weight}; its own "
+                f"CLIP guidance from {self.clip_guidance.source} ({args.clip_guidance_objective}, weight "
+                f"{args.clip_guidance_weight}; its own "
                 f"text tower embedded {len(captions)} captions)"
             )
 
@@ -1264,7 +1274,7 @@ class GANTrainer:
             "DiffAugment": args.diffaugment,
             "matching-aware loss weight": args.matching_loss_weight,
             "CLIP guidance": (
-                f"{args.clip_guidance_model}, weight {args.clip_guidance_weight}"
+                f"{args.clip_guidance_model}, {args.clip_guidance_objective}, weight {args.clip_guidance_weight}"
                 if args.clip_guidance_model
                 else "off"
             ),
