@@ -869,9 +869,9 @@ def test_clip_guidance_by_a_clip_with_another_text_tower(fixtures, clips, tmp_pa
     batches = []
     original_step = GANTrainer._generator_step
 
-    def record(self, conds, add):
+    def record(self, conds, add, **kwargs):
         batches.append([list(texts) for _, texts, *_ in conds])
-        return original_step(self, conds, add)
+        return original_step(self, conds, add, **kwargs)
 
     monkeypatch.setattr(GANTrainer, "_generator_step", record)
     out = tmp_path / "out"
@@ -883,7 +883,7 @@ def test_clip_guidance_by_a_clip_with_another_text_tower(fixtures, clips, tmp_pa
     assert len(seen) == 2
 
 
-def test_adversarial_weight_zero_trains_without_a_discriminator(fixtures, clips, tmp_path):
+def test_adversarial_weight_zero_trains_without_a_discriminator(fixtures, clips, tmp_path, monkeypatch):
     """--adversarial_weight 0: no discriminator step and no warm-up (though the pipeline has no saved
     discriminator); the generator learns from CLIP guidance and the anchor from step 1; the saved
     discriminator is the one it started with."""
@@ -909,6 +909,11 @@ def test_adversarial_weight_zero_trains_without_a_discriminator(fixtures, clips,
     g1, g2 = _weights(out, 1, "generator"), _weights(out, 2, "generator")
     assert any(not torch.equal(g1[k], g2[k]) for k in g1)
     assert "none (adversarial weight 0" in (out / "README.md").read_text()
+
+    monkeypatch.setenv("PRODIMG_TEST_FORCE_NONFINITE", "1")  # without D, the generator's loss is the one forced
+    nan = tmp_path / "nan"
+    assert train_product_gan(**{**args, "output_dir": str(nan)})["nonfinite_steps_skipped"] == 1
+    assert int(load_state_files(nan / "checkpoint-2", "optimizer_g")["state"][0]["step"]) == 1
 
 
 def test_clip_guidance_loss():

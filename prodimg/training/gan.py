@@ -882,7 +882,8 @@ class GANTrainer:
 
         g_phase = step_no > self.d_warmup
         if g_phase:
-            res_g = self._generator_step(conds, add)
+            # the test hook's forced non-finite loss goes into the discriminator's, or G's when D is off
+            res_g = self._generator_step(conds, add, force_nan=force_nan and args.adversarial_weight == 0)
         else:  # discriminator warm-up: G, its EMA, its optimizer and its LR schedule stay as they are
             res_g = StepResult(stepped=False)
         with warnings.catch_warnings():  # a schedule follows its phase's steps, also when a step was skipped
@@ -971,7 +972,7 @@ class GANTrainer:
             add("d_accuracy/fake", (fake_logits.detach() < 0).float().mean())
         return guarded_step(self.opt_d, self.D.parameters(), finite, prec, acc, args.max_grad_norm)
 
-    def _generator_step(self, conds: list[tuple], add) -> StepResult:
+    def _generator_step(self, conds: list[tuple], add, force_nan: bool = False) -> StepResult:
         """The generator phase of a step: D frozen, and called unwrapped so DDP(D) expects no gradients."""
         args, acc, sched, gen, prec = self.args, self.accelerator, self.scheduler, self.gen, self.precision
         G_mod, D_mod = acc.unwrap_model(self.G), acc.unwrap_model(self.D)
@@ -1011,6 +1012,8 @@ class GANTrainer:
                             loss = loss + anchor_weight * loss_anchor
                             add("loss/g_anchor", loss_anchor.detach())
                     loss = loss / n
+                    if force_nan:
+                        loss = loss * float("nan")
                     finite &= torch.isfinite(loss.detach())
                     acc.backward(prec.scale(loss))
         finally:
