@@ -991,14 +991,15 @@ class GANTrainer:
                     with prec.autocast():
                         z = torch.randn(b, z_dim, generator=gen, device=self.device)
                         x0_fake = self.G(x_tp1, t, z, hidden, pooled, mask).sample.float()
-                    loss = torch.zeros((), device=self.device)
                     if args.adversarial_weight > 0:
                         x_t_fake = sched.sample_posterior(x0_fake, x_tp1, t, generator=gen)
                         samples, noisy = diff_augment([x_t_fake, x_tp1], self.policy, gen)
                         with prec.autocast():
                             loss_g = generator_loss(D_mod(samples, noisy, t, pooled).logits)
-                        loss = loss + args.adversarial_weight * loss_g
+                        loss = loss_g * args.adversarial_weight  # x 1.0 (the default) is exact, in loss_g's dtype
                         add("loss/g", loss_g.detach())
+                    else:
+                        loss = x0_fake.new_zeros(())
                     with prec.autocast():
                         if self.clip_guidance is not None:
                             text_clip = self.clip_guidance.text_embeds(texts)
