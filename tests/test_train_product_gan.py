@@ -886,7 +886,7 @@ def test_clip_guidance_by_a_clip_with_another_text_tower(fixtures, clips, tmp_pa
 def test_adversarial_weight_zero_trains_without_a_discriminator(fixtures, clips, tmp_path, monkeypatch):
     """--adversarial_weight 0: no discriminator step and no warm-up (though the pipeline has no saved
     discriminator); the generator learns from CLIP guidance and the anchor from step 1; the saved
-    discriminator is the one it started with."""
+    discriminator is the one it started with, and the pipeline is saved without it."""
     from prodimg.training.sampler import endless_batches
 
     out = tmp_path / "out"
@@ -908,7 +908,16 @@ def test_adversarial_weight_zero_trains_without_a_discriminator(fixtures, clips,
     assert all(torch.equal(d1[k], d2[k]) for k in d1)
     g1, g2 = _weights(out, 1, "generator"), _weights(out, 2, "generator")
     assert any(not torch.equal(g1[k], g2[k]) for k in g1)
-    assert "none (adversarial weight 0" in (out / "README.md").read_text()
+    assert "none (adversarial weight 0: not trained; not saved)" in (out / "README.md").read_text()
+    assert not (out / "discriminator").exists()  # an untrained one must not pass for a trained one later
+
+    first, then = tmp_path / "first", tmp_path / "then"  # a pipeline with a trained D keeps it, as it was
+    train_product_gan(**base_args(fixtures, first, max_train_steps=1))
+    train_product_gan(**{**args, "pretrained_model_name_or_path": str(first), "discriminator_config": "preset",
+                         "output_dir": str(then), "max_train_steps": 1})
+    assert "the loaded one saved as it was" in (then / "README.md").read_text()
+    weights = "discriminator/diffusion_pytorch_model.safetensors"
+    assert (then / weights).read_bytes() == (first / weights).read_bytes()
 
     monkeypatch.setenv("PRODIMG_TEST_FORCE_NONFINITE", "1")  # without D, the generator's loss is the one forced
     nan = tmp_path / "nan"

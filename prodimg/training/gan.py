@@ -1228,7 +1228,8 @@ class GANTrainer:
                 summary["saved_generator"] = f"EMA weights of step {self.state.step}"
             pipe = self.pipeline(final_g)
             pipe.save_pretrained(self.output_dir)
-            D_mod.save_pretrained(self.output_dir / "discriminator", safe_serialization=True)
+            if self.saves_discriminator:
+                D_mod.save_pretrained(self.output_dir / "discriminator", safe_serialization=True)
             prompts = args.validation_prompts
             cols = max(args.num_validation_images, 1)
             sample_grid = None
@@ -1253,6 +1254,13 @@ class GANTrainer:
                 )
         acc.wait_for_everyone()
         return summary
+
+    @property
+    def saves_discriminator(self) -> bool:
+        """Whether the saved pipeline gets a ``discriminator/``. Not a new one that this run never trained
+        (``--adversarial_weight 0``): a later fine-tune would continue an untrained initialisation as a
+        trained discriminator, without the warm-up a new one gets."""
+        return self.args.adversarial_weight > 0 or self.components.discriminator_source == "saved"
 
     def _write_card(self, summary: dict, sample_grid: str | None) -> None:
         args, c = self.args, self.components
@@ -1292,7 +1300,8 @@ class GANTrainer:
             "discriminator": (
                 f"{c.discriminator_source}, {self.d_warmup} warm-up steps, adversarial weight {args.adversarial_weight}"
                 if args.adversarial_weight > 0
-                else "none (adversarial weight 0: not trained, not used)"
+                else "none (adversarial weight 0: not trained; "
+                + ("the loaded one saved as it was)" if self.saves_discriminator else "not saved)")
             ),
             "EMA decay": args.ema_decay,
             "saved generator": summary["saved_generator"],
