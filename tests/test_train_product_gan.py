@@ -579,7 +579,10 @@ def test_repeated_nonfinite_steps_stop_the_run_cleanly(fixtures, tmp_path, monke
         ({"anchor_weight": 1, "anchor_steps": 0}, "--anchor_steps must be >= 1"),
         ({"ddp_timeout": 0}, "--ddp_timeout must be > 0 seconds"),
         ({"adversarial_weight": -1}, "--adversarial_weight must be >= 0"),
-        ({"adversarial_weight": 0, "anchor_weight": 1}, "so the generator needs --clip_guidance_model"),
+        ({"adversarial_weight": 0, "anchor_weight": 1}, "so the generator needs --clip_guidance_model or --classifier"),
+        ({"classifier_guidance_model": ".", "classifier_guidance_weight": 0}, "--classifier_guidance_weight must be > 0"),
+        ({"classifier_guidance_model": "missing"}, "--classifier_guidance_model missing: no attribute classifier"),
+        ({"classifier_guidance_heads": "category"}, "--classifier_guidance_heads needs --classifier_guidance_model"),
         ({"adversarial_weight": 0, "clip_guidance_model": "x"}, "and --anchor_weight > 0"),
         (
             {"adversarial_weight": 0, "clip_guidance_model": "x", "anchor_weight": 1, "discriminator_warmup_steps": 2},
@@ -925,6 +928,99 @@ def test_adversarial_weight_zero_trains_without_a_discriminator(fixtures, clips,
     assert int(load_state_files(nan / "checkpoint-2", "optimizer_g")["state"][0]["step"]) == 1
 
 
+@pytest.fixture(scope="module")
+def labelled(fixtures):
+    """The fixture's training images with a ClassLabel ``category`` column and a string ``pattern`` column
+    (save_to_disk), and a tiny attribute classifier that knows those labels."""
+    import datasets
+
+    from prodimg.evaluation.classifier import AttributeClassifier
+
+    root = fixtures / "labelled"
+    if not root.exists():
+        train = datasets.load_dataset("imagefolder", data_dir=str(fixtures / "imagefolder"), split="train")
+        cats = [t.split(" ")[1] for t in train["text"]]
+        train = train.add_column("category", [CATEGORIES.index(c) for c in cats])
+        train = train.cast_column("category", datasets.ClassLabel(names=CATEGORIES))
+        train = train.add_column("pattern", ["striped" if i % 2 else "solid" for i in range(len(train))])
+        datasets.DatasetDict({"train": train, "validation": train.select(range(4))}).save_to_disk(str(root / "data"))
+        torch.manual_seed(0)
+        model = AttributeClassifier(sample_size=16, block_out_channels=(8, 16),
+                                    category_names=("bag", "dress", "shirt", "sneaker", "coat"),
+                                    pattern_names=("solid", "striped"))
+        model.save_pretrained(root / "classifier", safe_serialization=True)
+    return root
+
+
+def test_classifier_guidance_loss(labelled):
+    """Cross-entropy per head against each caption's label (mapped by name into the classifier's order),
+    averaged over the kept rows with a label, summed over heads; ambiguous and unknown captions count 0."""
+    from prodimg.training.augment import translate_on_white
+    from prodimg.training.classifier_guidance import IGNORE, ClassifierGuidance
+
+    guide = ClassifierGuidance.from_pretrained(labelled / "classifier")
+    assert guide.heads == ["category", "pattern"] and not guide.model.training
+    captions = ["red dress", "red dress", "blue bag", "odd one", "odd one"]
+    columns = {"category": ([0, 0, 1, 0, 1], CATEGORIES), "pattern": ([1, 1, 0, 0, 0], ["solid", "striped"])}
+    assert guide.build_labels(captions, columns) == {"category": 1, "pattern": 0}  # "odd one" is dress and bag
+    labels = guide.labels(["red dress", "blue bag", "odd one", "never seen"])
+    assert labels.tolist() == [[1, 1], [0, 0], [IGNORE, 0], [IGNORE, IGNORE]]
+
+    images = torch.rand(4, 3, 16, 16) * 2 - 1
+    texts = ["red dress", "blue bag", "odd one", "never seen"]
+    keep = torch.tensor([True, False, True, True])
+    value = guide.loss(images, texts, keep, torch.Generator().manual_seed(3))
+    logits = guide.model(translate_on_white(images, torch.Generator().manual_seed(3))).logits
+    lp = {h: torch.log_softmax(v, dim=1) for h, v in logits.items()}
+    expected = -lp["category"][0, 1] + (-lp["pattern"][0, 1] - lp["pattern"][2, 0]) / 2  # row 1 dropped
+    torch.testing.assert_close(value, expected)
+    assert guide.loss(images, ["never seen"] * 4).item() == 0.0
+
+    images.requires_grad_(True)
+    guide.loss(images, texts).backward()
+    assert images.grad.abs().sum() > 0 and all(p.grad is None for p in guide.model.parameters())
+
+    with pytest.raises(ValueError, match="label column for each head; the training data has none for \\['pattern'\\]"):
+        guide.build_labels(captions, {"category": columns["category"]})
+    with pytest.raises(ValueError, match="does not know the data's labels \\['jacket'\\]"):
+        guide.build_labels(captions, {**columns, "category": ([0] * 5, ["jacket", "bag", "dress", "shirt"])})
+    with pytest.raises(ValueError, match="heads must be some of"):
+        ClassifierGuidance.from_pretrained(labelled / "classifier", heads=["colour"])
+
+
+def test_classifier_guidance_trains_the_generator_without_a_discriminator(fixtures, labelled, tmp_path):
+    """The data's label columns (a ClassLabel and a string column) become the targets; with
+    --adversarial_weight 0 the classifier's term alone (and the anchor) moves the generator."""
+    from prodimg.training.sampler import endless_batches
+
+    out = tmp_path / "out"
+    args = base_args(
+        fixtures, out, train_data_dir=None, dataset_name=str(labelled / "data"), adversarial_weight=0.0,
+        classifier_guidance_model=str(labelled / "classifier"), classifier_guidance_weight=0.5,
+        classifier_guidance_heads="category", anchor_weight=1.0, discriminator_warmup_steps=None,
+        checkpointing_steps=1, max_train_steps=2, validation_steps=100,
+    )
+    trainer = GANTrainer(parse_args(to_argv(args)))
+    guide = trainer.classifier_guidance
+    assert guide.heads == ["category"]
+    assert guide.labels(["red dress", "blue bag"]).tolist() == [[1], [0]]
+    batches = endless_batches(trainer.loader, trainer.sampler, trainer.state)
+    logs = trainer.train_step([next(batches)])
+    assert {"loss/g_cls", "loss/g_anchor"} <= set(logs) and "loss/g" not in logs and logs["loss/g_cls"] > 0
+
+    train_product_gan(**args)
+    g1, g2 = _weights(out, 1, "generator"), _weights(out, 2, "generator")
+    assert any(not torch.equal(g1[k], g2[k]) for k in g1)
+    assert f"{labelled / 'classifier'}, heads category, weight 0.5" in (out / "README.md").read_text()
+
+    both = tmp_path / "both"  # both heads; the string column's names are matched to the classifier's
+    trainer = GANTrainer(parse_args(to_argv({**args, "output_dir": str(both), "classifier_guidance_heads": None})))
+    assert trainer.classifier_guidance.labels(["red dress", "blue bag"]).tolist() == [[1, 0], [0, 1]]
+    bare = tmp_path / "bare"  # the fixture imagefolder has no label columns
+    assert main(to_argv({**args, "output_dir": str(bare), "dataset_name": None,
+                         "train_data_dir": str(fixtures / "imagefolder")})) == 2
+
+
 def test_clip_guidance_loss():
     from prodimg.evaluation.clip import CLIPJudge
     from prodimg.metrics.clip_score import clip_preprocess
@@ -937,7 +1033,7 @@ def test_clip_guidance_loss():
     uint8 = torch.randint(0, 256, (4, 16, 16, 3), generator=gen, dtype=torch.uint8)
     images = (uint8.permute(0, 3, 1, 2).float() / 255 * 2 - 1).requires_grad_(True)
     # Without the translation, the image side is exactly what the CLIP score sees.
-    guide.translate = ()
+    guide.translate = False
     pixels = clip_preprocess(uint8.numpy(), 16, [0.5] * 3, [0.25] * 3)
     expected = model.get_image_features(pixel_values=pixels)
     expected = getattr(expected, "pooler_output", expected)
@@ -945,7 +1041,7 @@ def test_clip_guidance_loss():
     # The translation fills with white: a white image is unchanged by it.
     white = torch.ones(2, 3, 16, 16)
     plain = guide.image_embeds(white)
-    guide.translate = ("translation",)
+    guide.translate = True
     torch.testing.assert_close(guide.image_embeds(white, gen), plain)
 
     text = guide.text_embeds(["red dress", "blue bag", "green sneaker", "black shirt"])
@@ -971,7 +1067,7 @@ def test_clip_guidance_contrastive_objective():
     model = tiny_clip_model()
     judge = CLIPJudge(model, load_clip_tokenizer(), [0.5] * 3, [0.25] * 3, "tiny")
     guide = CLIPGuidance(judge, objective="contrastive")
-    guide.translate = ()
+    guide.translate = False
     assert guide.logit_scale == pytest.approx(float(model.logit_scale.detach().exp()))
     images = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
     texts = ["red dress", "blue bag", "red dress", "black shirt", "green sneaker"]

@@ -104,3 +104,14 @@ def diff_augment(
         else:
             raise ValueError(f"unknown DiffAugment policy {p!r}")
     return list(x.split(c, dim=1))
+
+
+def translate_on_white(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """DiffAugment's random translation of images in [-1, 1], the shifted-in border filled with white
+    (the catalogue's background) rather than zeros (mid-grey), so the border reads as background.
+
+    The guidance terms (:mod:`.clip_guidance`, :mod:`.classifier_guidance`) shift a generated image
+    before their frozen judge, so the generator cannot please the judge with a fixed per-pixel pattern
+    (an adversarial example) instead of the product."""
+    (shifted,) = diff_augment([images - 1], ("translation",), generator)
+    return shifted + 1

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ..metrics.clip_score import clip_pixels
-from .augment import diff_augment, parse_policy
+from .augment import translate_on_white
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class CLIPGuidance:
         self.mean, self.std = list(judge.image_mean), list(judge.image_std)
         self.projection_dim = int(model.config.projection_dim)
         self.max_length = int(model.config.text_config.max_position_embeddings)
-        self.translate = parse_policy("translation")
+        self.translate = True  # shift images before the tower (off only to compare with an unshifted reading)
         self._index: dict[str, int] = {}
         self._table: torch.Tensor | None = None
 
@@ -115,9 +115,8 @@ class CLIPGuidance:
 
     def image_embeds(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """CLIP image embeddings of generator outputs in [-1, 1], (N, 3, H, W); differentiable."""
-        # Translate around white (the catalogue's background) so the shifted-in border is background too.
-        (shifted,) = diff_augment([images.float() - 1], self.translate, generator)
-        x = clip_pixels((shifted / 2 + 1).clamp(0, 1), self.image_size, self.mean, self.std)
+        shifted = translate_on_white(images.float(), generator) if self.translate else images.float()
+        x = clip_pixels(((shifted + 1) / 2).clamp(0, 1), self.image_size, self.mean, self.std)
         out = self.vision_model(pixel_values=x)
         return self.visual_projection(out.pooler_output)
 

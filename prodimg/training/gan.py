@@ -14,8 +14,11 @@ One training step (``--gradient_accumulation_steps`` micro-batches per network):
 3. Generator: non-saturating loss on fresh fake pairs through the (frozen-for-this-phase) D, plus,
    with ``--clip_guidance_model``, ``--clip_guidance_weight`` x (1 - cos) between a frozen CLIP's
    embedding of the predicted ``x_0`` and the caption's (:mod:`prodimg.training.clip_guidance`; or, with
-   ``--clip_guidance_objective contrastive``, CLIP's cross-entropy over the batch's captions), and, with
-   ``--anchor_weight``, that weight x MSE between the predicted ``x_0`` and the frozen starting generator's.
+   ``--clip_guidance_objective contrastive``, CLIP's cross-entropy over the batch's captions), with
+   ``--classifier_guidance_model``, ``--classifier_guidance_weight`` x a frozen attribute classifier's
+   cross-entropy on the predicted ``x_0`` against its caption's labels
+   (:mod:`prodimg.training.classifier_guidance`), and, with ``--anchor_weight``, that weight x MSE between
+   the predicted ``x_0`` and the frozen starting generator's.
 4. EMA of G after each generator step; each LR scheduler steps once per step of its network's phase.
 
 A pretrained generator paired with a new discriminator (a pipeline saved without its discriminator,
@@ -25,8 +28,8 @@ gradients wreck the generator within a hundred steps. ``--discriminator_warmup_s
 steps, leaving the generator, its EMA and its optimizer untouched. On the shipped default this reduces
 the damage but does not prevent it (its model card has the figures): keep a pipeline's discriminator.
 ``--anchor_weight`` holds the generator's outputs near the pipeline's own while a new discriminator learns.
-``--adversarial_weight 0`` goes without a discriminator: the generator learns from CLIP guidance alone,
-held to its pipeline by the anchor, and no discriminator step runs.
+``--adversarial_weight 0`` goes without a discriminator: the generator learns from CLIP or classifier
+guidance alone, held to its pipeline by the anchor, and no discriminator step runs.
 
 Every optimizer step goes through :func:`prodimg.training.precision.guarded_step` (fp16 loss
 scaling, non-finite skip, consistent across processes). Mixed precision is handled by
@@ -74,6 +77,7 @@ from .args import (
 )
 from .augment import diff_augment, parse_policy
 from .checkpointing import load_checkpoint, resolve_resume_checkpoint, save_checkpoint
+from .classifier_guidance import ClassifierGuidance
 from .clip_guidance import OBJECTIVES, CLIPGuidance
 from .hub import files_to_upload, push_folder_to_hub, render_pipeline_card, write_model_card
 from .losses import discriminator_loss, generator_loss, matching_loss, mismatched_captions, r1_penalty
@@ -173,8 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=1.0,
         help="Weight of the discriminator's (adversarial) term in the generator's loss. 0 fine-tunes without a "
-        "discriminator: no discriminator steps at all, the generator learns from --clip_guidance_model only, "
-        "held near its starting pipeline by --anchor_weight (both required then).",
+        "discriminator: no discriminator steps at all, the generator learns from --clip_guidance_model and/or "
+        "--classifier_guidance_model only, held near its starting pipeline by --anchor_weight (a guidance and "
+        "the anchor are required then).",
     )
     g.add_argument(
         "--clip_guidance_model",
@@ -196,6 +201,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="cosine: 1 - cos(image, caption) (StyleGAN-T). contrastive: CLIP's own loss, the cross-entropy of "
         "the image's caption among the batch's distinct captions at the CLIP's temperature; its gradient is "
         "about logit_scale times larger, so take a smaller --clip_guidance_weight.",
+    )
+    g.add_argument(
+        "--classifier_guidance_model",
+        type=str,
+        default=None,
+        help="An attribute classifier folder (train_scripts/train_attribute_classifier.py): adds its "
+        "cross-entropy on each generated image against the labels of its caption's training rows (the data's "
+        "columns named like its heads) to the generator's loss. Not the one prodimg eval judges with.",
+    )
+    g.add_argument(
+        "--classifier_guidance_weight",
+        type=float,
+        default=1.0,
+        help="Weight of the classifier guidance term (with --classifier_guidance_model).",
+    )
+    g.add_argument(
+        "--classifier_guidance_heads",
+        type=str,
+        default=None,
+        help="Comma-separated heads of --classifier_guidance_model to guide with (default: all of them).",
     )
     g.add_argument(
         "--anchor_weight",
@@ -283,15 +308,25 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(f"--matching_loss_weight must be >= 0, got {args.matching_loss_weight}")
     if args.clip_guidance_model is not None and not args.clip_guidance_weight > 0:
         raise ValueError(f"--clip_guidance_weight must be > 0, got {args.clip_guidance_weight}")
+    if args.classifier_guidance_model is not None and not args.classifier_guidance_weight > 0:
+        raise ValueError(f"--classifier_guidance_weight must be > 0, got {args.classifier_guidance_weight}")
+    if args.classifier_guidance_model is not None and not Path(args.classifier_guidance_model, "config.json").is_file():
+        raise FileNotFoundError(
+            f"--classifier_guidance_model {args.classifier_guidance_model}: no attribute classifier there "
+            "(a folder with config.json, from train_scripts/train_attribute_classifier.py)"
+        )
+    if args.classifier_guidance_heads is not None and args.classifier_guidance_model is None:
+        raise ValueError("--classifier_guidance_heads needs --classifier_guidance_model")
     if args.anchor_weight < 0:
         raise ValueError(f"--anchor_weight must be >= 0, got {args.anchor_weight}")
     if args.adversarial_weight < 0:
         raise ValueError(f"--adversarial_weight must be >= 0, got {args.adversarial_weight}")
     if args.adversarial_weight == 0:
-        if args.clip_guidance_model is None or not args.anchor_weight > 0:
+        if (args.clip_guidance_model is None and args.classifier_guidance_model is None) or not args.anchor_weight > 0:
             raise ValueError(
                 "--adversarial_weight 0 trains without a discriminator, so the generator needs "
-                "--clip_guidance_model (what to learn) and --anchor_weight > 0 (what holds it to its pipeline)"
+                "--clip_guidance_model or --classifier_guidance_model (what to learn) and --anchor_weight > 0 "
+                "(what holds it to its pipeline)"
             )
         if args.discriminator_warmup_steps:
             raise ValueError("--discriminator_warmup_steps has nothing to warm up with --adversarial_weight 0")
@@ -533,8 +568,10 @@ def _progress_postfix(logs: dict[str, float]) -> dict[str, str]:
         post["d"] = f"{logs['loss/d_real'] + logs['loss/d_fake']:.3f}"
     if "loss/g" in logs:
         post["g"] = f"{logs['loss/g']:.3f}"
-    elif "loss/g_clip" in logs:
-        post["clip"] = f"{logs['loss/g_clip']:.3f}"
+    elif "loss/g_clip" in logs or "loss/g_cls" in logs:
+        for name, key in (("clip", "loss/g_clip"), ("cls", "loss/g_cls")):
+            if key in logs:
+                post[name] = f"{logs[key]:.3f}"
     else:
         post["g"] = "warm-up"
     return post
@@ -575,6 +612,25 @@ def _collate(examples: list[dict]) -> dict:
         "pixel_values": torch.stack([e["pixel_values"] for e in examples]).contiguous(),
         "text": [e["text"] for e in examples],
     }
+
+
+def _label_columns(data, heads: Sequence[str]) -> dict[str, tuple[list[int], list[str]]]:
+    """``{head: (row label ids, label names)}`` for the data's columns named like ``heads``: a ClassLabel
+    column as it is, a string column by its sorted distinct values. Heads without a column are left out."""
+    out = {}
+    for head in heads:
+        if head not in data.column_names:
+            continue
+        feature, values = data.features[head], list(data[head])
+        if hasattr(feature, "names"):
+            out[head] = (list(values), list(feature.names))
+        elif all(isinstance(v, str) for v in values):
+            names = sorted(set(values))
+            ids = {name: i for i, name in enumerate(names)}
+            out[head] = ([ids[v] for v in values], names)
+        else:
+            raise ValueError(f"the training data's {head!r} column is neither a ClassLabel nor strings: {feature}")
+    return out
 
 
 def _distinct_captions(column) -> list[str]:
@@ -678,6 +734,19 @@ class GANTrainer:
                 f"CLIP guidance from {self.clip_guidance.source} ({args.clip_guidance_objective}, weight "
                 f"{args.clip_guidance_weight}; its own "
                 f"text tower embedded {len(captions)} captions)"
+            )
+        self.classifier_guidance: ClassifierGuidance | None = None
+        if args.classifier_guidance_model:
+            heads = args.classifier_guidance_heads.split(",") if args.classifier_guidance_heads else None
+            self.classifier_guidance = ClassifierGuidance.from_pretrained(
+                args.classifier_guidance_model, heads, self.device
+            )
+            ambiguous = self.classifier_guidance.build_labels(
+                list(train_data[args.caption_column]), _label_columns(train_data, self.classifier_guidance.heads)
+            )
+            logger.info(
+                f"Classifier guidance from {args.classifier_guidance_model} (heads {self.classifier_guidance.heads}, "
+                f"weight {args.classifier_guidance_weight}; captions without one label, ignored: {ambiguous})"
             )
 
         # 4. Optimizers, LR schedules, EMA.
@@ -1006,6 +1075,10 @@ class GANTrainer:
                             loss_clip = self.clip_guidance.loss(x0_fake, text_clip, keep=~dropped, generator=gen)
                             loss = loss + args.clip_guidance_weight * loss_clip
                             add("loss/g_clip", loss_clip.detach())
+                        if self.classifier_guidance is not None:
+                            loss_cls = self.classifier_guidance.loss(x0_fake, texts, keep=~dropped, generator=gen)
+                            loss = loss + args.classifier_guidance_weight * loss_cls
+                            add("loss/g_cls", loss_cls.detach())
                         if anchor_weight > 0:
                             with torch.no_grad():
                                 x0_anchor = self.anchor(x_tp1, t, z, hidden, pooled, mask).sample.float()
@@ -1288,6 +1361,12 @@ class GANTrainer:
             "CLIP guidance": (
                 f"{args.clip_guidance_model}, {args.clip_guidance_objective}, weight {args.clip_guidance_weight}"
                 if args.clip_guidance_model
+                else "off"
+            ),
+            "classifier guidance": (
+                f"{args.classifier_guidance_model}, heads {','.join(self.classifier_guidance.heads)}, "
+                f"weight {args.classifier_guidance_weight}"
+                if self.classifier_guidance is not None
                 else "off"
             ),
             "condition dropout": args.cond_drop_prob,
