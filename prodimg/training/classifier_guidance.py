@@ -46,7 +46,9 @@ class ClassifierGuidance:
         heads = available if heads is None else list(heads)
         unknown = [h for h in heads if h not in available]
         if not heads or unknown:
-            raise ValueError(f"classifier guidance heads must be some of this classifier's {available}, got {heads}")
+            raise ValueError(
+                f"classifier guidance heads must be some of this classifier's {available}, got {heads}"
+            )
         self.heads = heads
         self.model = model.to(device).eval().requires_grad_(False)
         self._index: dict[str, int] = {}
@@ -63,7 +65,9 @@ class ClassifierGuidance:
             )
         return cls(load_attribute_classifier(path), heads, device)
 
-    def build_labels(self, captions: Sequence[str], columns: dict[str, tuple[Sequence[int], Sequence[str]]]) -> dict:
+    def build_labels(
+        self, captions: Sequence[str], columns: dict[str, tuple[Sequence[int], Sequence[str]]]
+    ) -> dict[str, int]:
         """Map each caption to its rows' labels, per head, in this classifier's label indices.
 
         ``columns[head]`` is ``(the rows' label ids, the dataset's label names)`` (a ClassLabel column);
@@ -73,7 +77,8 @@ class ClassifierGuidance:
         missing = [h for h in self.heads if h not in columns]
         if missing:
             raise ValueError(
-                f"classifier guidance needs a label column for each head; the training data has none for {missing}"
+                "classifier guidance needs a label column for each head; "
+                f"the training data has none for {missing}"
             )
         index = {t: i for i, t in enumerate(dict.fromkeys(captions))}
         table = torch.full((len(index), len(self.heads)), IGNORE, dtype=torch.long)

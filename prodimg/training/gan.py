@@ -310,9 +310,10 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(f"--clip_guidance_weight must be > 0, got {args.clip_guidance_weight}")
     if args.classifier_guidance_model is not None and not args.classifier_guidance_weight > 0:
         raise ValueError(f"--classifier_guidance_weight must be > 0, got {args.classifier_guidance_weight}")
-    if args.classifier_guidance_model is not None and not Path(args.classifier_guidance_model, "config.json").is_file():
+    classifier = args.classifier_guidance_model
+    if classifier is not None and not Path(classifier, "config.json").is_file():
         raise FileNotFoundError(
-            f"--classifier_guidance_model {args.classifier_guidance_model}: no attribute classifier there "
+            f"--classifier_guidance_model {classifier}: no attribute classifier there "
             "(a folder with config.json, from train_scripts/train_attribute_classifier.py)"
         )
     if args.classifier_guidance_heads is not None and args.classifier_guidance_model is None:
@@ -322,7 +323,8 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
     if args.adversarial_weight < 0:
         raise ValueError(f"--adversarial_weight must be >= 0, got {args.adversarial_weight}")
     if args.adversarial_weight == 0:
-        if (args.clip_guidance_model is None and args.classifier_guidance_model is None) or not args.anchor_weight > 0:
+        guided = args.clip_guidance_model is not None or args.classifier_guidance_model is not None
+        if not guided or not args.anchor_weight > 0:
             raise ValueError(
                 "--adversarial_weight 0 trains without a discriminator, so the generator needs "
                 "--clip_guidance_model or --classifier_guidance_model (what to learn) and --anchor_weight > 0 "
@@ -737,17 +739,17 @@ class GANTrainer:
             )
         self.classifier_guidance: ClassifierGuidance | None = None
         if args.classifier_guidance_model:
-            heads = args.classifier_guidance_heads.split(",") if args.classifier_guidance_heads else None
-            self.classifier_guidance = ClassifierGuidance.from_pretrained(
-                args.classifier_guidance_model, heads, self.device
-            )
-            ambiguous = self.classifier_guidance.build_labels(
-                list(train_data[args.caption_column]), _label_columns(train_data, self.classifier_guidance.heads)
+            heads = args.classifier_guidance_heads
+            heads = [h.strip() for h in heads.split(",")] if heads else None
+            guide = ClassifierGuidance.from_pretrained(args.classifier_guidance_model, heads, self.device)
+            ambiguous = guide.build_labels(
+                list(train_data[args.caption_column]), _label_columns(train_data, guide.heads)
             )
             logger.info(
-                f"Classifier guidance from {args.classifier_guidance_model} (heads {self.classifier_guidance.heads}, "
-                f"weight {args.classifier_guidance_weight}; captions without one label, ignored: {ambiguous})"
+                f"Classifier guidance from {args.classifier_guidance_model} (heads {guide.heads}, weight "
+                f"{args.classifier_guidance_weight}; captions without one label, ignored: {ambiguous})"
             )
+            self.classifier_guidance = guide
 
         # 4. Optimizers, LR schedules, EMA.
         G, D = c.generator, c.discriminator
