@@ -24,6 +24,11 @@
 # only the discriminator) meets a new discriminator at a 4x lower generator learning rate, anchored to its
 # start over its first FT3_ANCHOR_STEPS (300) generator steps, into $RUN/gan-ft3; FT3_MERGE=ALPHA merges it
 # with its start as in 3c.
+# FT4_STEPS > 0 adds a stage 3e, a classifier-guided fine-tune of the previous stage's pipeline without a
+# discriminator: an attribute classifier of its own (train_attribute_classifier.py, seed 1, 32-64-128-128,
+# TEACHER_STEPS steps, default 4000; not the judge of prodimg eval) into $RUN/teacher, then FT4_STEPS steps at
+# batch FT4_BATCH (default 256), --adversarial_weight 0, its category cross-entropy at weight 1 and a constant anchor (10) to the
+# start, generator learning rate 5e-5, EMA 0.99, into $RUN/gan-ft4.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -58,6 +63,10 @@ FT3_SECONDS=${FT3_SECONDS:-1000000}
 FT3_ANCHOR_STEPS=${FT3_ANCHOR_STEPS:-300}
 FT3_MERGE=${FT3_MERGE:-}
 GUIDE_CLIP_STEPS=${GUIDE_CLIP_STEPS:-700 800}
+FT4_STEPS=${FT4_STEPS:-0}
+FT4_BATCH=${FT4_BATCH:-256}
+FT4_SECONDS=${FT4_SECONDS:-1000000}
+TEACHER_STEPS=${TEACHER_STEPS:-4000}
 LAUNCH="accelerate launch --num_processes 1 --num_machines 1 --mixed_precision $PRECISION --dynamo_backend no --main_process_port $PORT --num_cpu_threads_per_process $THREADS"
 
 # 1. Data
@@ -143,6 +152,18 @@ if [ "$FT3_STEPS" -gt 0 ]; then
     --ema_decay 0.99 --clip_guidance_model "$GUIDE" --clip_guidance_weight 2 \
     --anchor_weight 10 --anchor_steps "$FT3_ANCHOR_STEPS"
   take "$FINAL" "$RUN/gan-ft3" "$FT3_MERGE"
+fi
+if [ "$FT4_STEPS" -gt 0 ]; then
+  if [ ! -f "$RUN/teacher/config.json" ]; then
+    python train_scripts/train_attribute_classifier.py --dataset_name "$DATA" --resolution 32 \
+      --block_out_channels 32 64 128 128 --train_batch_size 128 --max_train_steps "$TEACHER_STEPS" \
+      --learning_rate 3e-3 --seed "$((SEED + 1))" --recolor_prob 0.5 --validation_steps 1000 --output_dir "$RUN/teacher"
+  fi
+  finetune "$FINAL" "$RUN/gan-ft4" "$FT4_STEPS" "$FT4_BATCH" "$FT4_SECONDS" \
+    --discriminator_config configs/default-32-discriminator.json --learning_rate 5e-5 --ema_decay 0.99 \
+    --adversarial_weight 0 --classifier_guidance_model "$RUN/teacher" --classifier_guidance_heads category \
+    --classifier_guidance_weight 1 --anchor_weight 10
+  FINAL="$RUN/gan-ft4"
 fi
 
 # 4. Ship: fp16 weights in save_pretrained layout, with the discriminator (1.5 MB), so that fine-tuning the
