@@ -961,7 +961,8 @@ def test_classifier_guidance_loss(labelled):
     guide = ClassifierGuidance.from_pretrained(labelled / "classifier")
     assert guide.heads == ["category", "pattern"] and not guide.model.training
     captions = ["red dress", "red dress", "blue bag", "odd one", "odd one"]
-    columns = {"category": ([0, 0, 1, 0, 1], CATEGORIES), "pattern": ([1, 1, 0, 0, 0], ["solid", "striped"])}
+    columns = {"category": ["dress", "dress", "bag", "dress", "bag"],
+               "pattern": ["striped", "striped", "solid", "solid", "solid"]}
     assert guide.build_labels(captions, columns) == {"category": 1, "pattern": 0}  # "odd one" is dress and bag
     labels = guide.labels(["red dress", "blue bag", "odd one", "never seen"])
     assert labels.tolist() == [[1, 1], [0, 0], [IGNORE, 0], [IGNORE, IGNORE]]
@@ -983,7 +984,7 @@ def test_classifier_guidance_loss(labelled):
     with pytest.raises(ValueError, match="label column for each head; the training data has none for \\['pattern'\\]"):
         guide.build_labels(captions, {"category": columns["category"]})
     with pytest.raises(ValueError, match="does not know the data's labels \\['jacket'\\]"):
-        guide.build_labels(captions, {**columns, "category": ([0] * 5, ["jacket", "bag", "dress", "shirt"])})
+        guide.build_labels(captions, {**columns, "category": ["jacket"] + columns["category"][1:]})
     with pytest.raises(ValueError, match="heads must be some of"):
         ClassifierGuidance.from_pretrained(labelled / "classifier", heads=["colour"])
 

@@ -29,6 +29,24 @@ class LabeledSplit:
         return np.asarray([index[v] for v in self.labels[column]], dtype=np.int64)
 
 
+def column_vocabulary(data, column: str) -> list[str]:
+    """A label column's vocabulary: its ClassLabel names, or the sorted distinct values as strings."""
+    from datasets import ClassLabel
+
+    feature = data.features[column]
+    return list(feature.names) if isinstance(feature, ClassLabel) else sorted({str(v) for v in data[column]})
+
+
+def as_label_names(data, column: str, values: Sequence, vocabulary: Sequence[str]) -> list[str]:
+    """``values`` of ``data``'s label ``column`` as names: ClassLabel ids through ``vocabulary``, other
+    values as strings."""
+    from datasets import ClassLabel
+
+    if isinstance(data.features[column], ClassLabel):
+        return [vocabulary[v] for v in values]
+    return [str(v) for v in values]
+
+
 def load_labeled_split(
     dataset_name: str | None = None,
     split: str = "test",
@@ -47,7 +65,6 @@ def load_labeled_split(
     ``resolution`` exactly as for training (``prodimg.data.ProductImageDataset``); the label columns
     that exist are kept, as names."""
     import torch
-    from datasets import ClassLabel
     from torch.utils.data import DataLoader
 
     from ..data.loading import ProductImageDataset, load_image_text_dataset
@@ -57,13 +74,7 @@ def load_labeled_split(
                                    image_column=image_column, caption_column=caption_column, cache_dir=cache_dir,
                                    max_samples=max_samples)
     columns = [c for c in label_columns if c in data.column_names]
-    label_names: dict[str, list[str]] = {}
-    for c in columns:
-        feature = data.features[c]
-        if isinstance(feature, ClassLabel):
-            label_names[c] = list(feature.names)
-        else:
-            label_names[c] = sorted({str(v) for v in data[c]})
+    vocabularies = {c: column_vocabulary(data, c) for c in columns}
     ds = ProductImageDataset(data, resolution, image_column, caption_column, extra_columns=columns)
     images, captions, labels = [], [], {c: [] for c in columns}
 
@@ -77,9 +88,7 @@ def load_labeled_split(
             images.append(to_uint8_nhwc(torch.stack([it["pixel_values"] for it in items])))
             captions += [it["text"] for it in items]
             for c in columns:
-                names = label_names[c]
-                labels[c] += [names[v] if isinstance(data.features[c], ClassLabel) else str(v)
-                              for v in (it[c] for it in items)]
+                labels[c] += as_label_names(data, c, [it[c] for it in items], vocabularies[c])
     finally:
         random.setstate(state)
-    return LabeledSplit(np.concatenate(images), captions, labels, label_names)
+    return LabeledSplit(np.concatenate(images), captions, labels, vocabularies)

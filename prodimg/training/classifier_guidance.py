@@ -65,14 +65,12 @@ class ClassifierGuidance:
             )
         return cls(load_attribute_classifier(path), heads, device)
 
-    def build_labels(
-        self, captions: Sequence[str], columns: dict[str, tuple[Sequence[int], Sequence[str]]]
-    ) -> dict[str, int]:
+    def build_labels(self, captions: Sequence[str], columns: dict[str, Sequence[str]]) -> dict[str, int]:
         """Map each caption to its rows' labels, per head, in this classifier's label indices.
 
-        ``columns[head]`` is ``(the rows' label ids, the dataset's label names)`` (a ClassLabel column);
-        ``captions`` are the rows' captions. Raises when a head has no column or the classifier does not
-        know one of the column's names. Returns, per head, how many distinct captions were ambiguous.
+        ``columns[head]`` is the rows' label names; ``captions`` are the rows' captions. Raises when a head
+        has no column or the classifier does not know one of the column's names. Returns, per head, how
+        many distinct captions were ambiguous.
         """
         missing = [h for h in self.heads if h not in columns]
         if missing:
@@ -84,16 +82,15 @@ class ClassifierGuidance:
         table = torch.full((len(index), len(self.heads)), IGNORE, dtype=torch.long)
         ambiguous = {}
         for j, head in enumerate(self.heads):
-            ids, names = columns[head]
+            names = columns[head]
             known = {name: k for k, name in enumerate(self.model.label_names(head))}
             unknown = sorted(set(names) - set(known))
             if unknown:
                 raise ValueError(f"the classifier's {head!r} head does not know the data's labels {unknown}")
-            if len(ids) != len(captions):
-                raise ValueError(f"{head!r}: {len(ids)} labels for {len(captions)} captions")
-            to_model = torch.tensor([known[name] for name in names], dtype=torch.long)
+            if len(names) != len(captions):
+                raise ValueError(f"{head!r}: {len(names)} labels for {len(captions)} captions")
             rows = torch.tensor([index[t] for t in captions], dtype=torch.long)
-            labels = to_model[torch.as_tensor(list(ids), dtype=torch.long)]
+            labels = torch.tensor([known[name] for name in names], dtype=torch.long)
             first = torch.full((len(index),), IGNORE, dtype=torch.long).scatter_reduce(
                 0, rows, labels, reduce="amin", include_self=False
             )

@@ -616,23 +616,16 @@ def _collate(examples: list[dict]) -> dict:
     }
 
 
-def _label_columns(data, heads: Sequence[str]) -> dict[str, tuple[list[int], list[str]]]:
-    """``{head: (row label ids, label names)}`` for the data's columns named like ``heads``: a ClassLabel
-    column as it is, a string column by its sorted distinct values. Heads without a column are left out."""
-    out = {}
-    for head in heads:
-        if head not in data.column_names:
-            continue
-        feature, values = data.features[head], list(data[head])
-        if hasattr(feature, "names"):
-            out[head] = (list(values), list(feature.names))
-        elif all(isinstance(v, str) for v in values):
-            names = sorted(set(values))
-            ids = {name: i for i, name in enumerate(names)}
-            out[head] = ([ids[v] for v in values], names)
-        else:
-            raise ValueError(f"the training data's {head!r} column is neither a ClassLabel nor strings: {feature}")
-    return out
+def _label_columns(data, heads: Sequence[str]) -> dict[str, list[str]]:
+    """``{head: each row's label name}`` for the data's label columns named like ``heads`` (as evaluation
+    reads them: ClassLabel names, other values as strings). Heads without a column are left out."""
+    from ..evaluation.data import as_label_names, column_vocabulary
+
+    return {
+        head: as_label_names(data, head, list(data[head]), column_vocabulary(data, head))
+        for head in heads
+        if head in data.column_names
+    }
 
 
 def _distinct_captions(column) -> list[str]:
