@@ -583,6 +583,10 @@ def test_repeated_nonfinite_steps_stop_the_run_cleanly(fixtures, tmp_path, monke
         ({"classifier_guidance_model": ".", "classifier_guidance_weight": 0}, "--classifier_guidance_weight must be > 0"),
         ({"classifier_guidance_model": "missing"}, "--classifier_guidance_model missing: no attribute classifier"),
         ({"classifier_guidance_heads": "category"}, "--classifier_guidance_heads needs --classifier_guidance_model"),
+        (
+            {"classifier_guidance_model": ".", "classifier_guidance_heads": "category=0"},
+            "--classifier_guidance_heads: classifier guidance heads 'category=0': 'category' needs a finite",
+        ),
         ({"adversarial_weight": 0, "clip_guidance_model": "x"}, "and --anchor_weight > 0"),
         (
             {"adversarial_weight": 0, "clip_guidance_model": "x", "anchor_weight": 1, "discriminator_warmup_steps": 2},
@@ -988,6 +992,36 @@ def test_classifier_guidance_loss(labelled):
     with pytest.raises(ValueError, match="heads must be some of"):
         ClassifierGuidance.from_pretrained(labelled / "classifier", heads=["colour"])
 
+    weighted = ClassifierGuidance.from_pretrained(labelled / "classifier", heads={"category": 1, "pattern": 0.25})
+    weighted.build_labels(captions, columns)
+    value = weighted.loss(images.detach(), texts, keep, torch.Generator().manual_seed(3))
+    parts = weighted.last_head_losses
+    torch.testing.assert_close(parts["category"], -lp["category"][0, 1])
+    torch.testing.assert_close(parts["pattern"], (-lp["pattern"][0, 1] - lp["pattern"][2, 0]) / 2)
+    torch.testing.assert_close(value, parts["category"] + 0.25 * parts["pattern"])
+    with pytest.raises(ValueError, match="finite and > 0, got \\{'pattern': 0.0\\}"):
+        ClassifierGuidance.from_pretrained(labelled / "classifier", heads={"pattern": 0.0})
+
+
+def test_parse_classifier_guidance_heads():
+    from prodimg.training.classifier_guidance import format_heads, parse_heads
+
+    assert parse_heads("category") == {"category": 1.0}
+    assert parse_heads(" category , pattern = 0.2") == {"category": 1.0, "pattern": 0.2}
+    assert format_heads(parse_heads("category,pattern=0.2")) == "category,pattern=0.2"
+    assert format_heads({"category": 2.0}) == "category=2"
+    for spec, message in [
+        ("category,", "an empty head name"),
+        ("category,category=2", "'category' given twice"),
+        ("pattern=x", "'pattern' has weight 'x', not a number"),
+        ("pattern=0", "'pattern' needs a finite weight > 0"),
+        ("pattern=-1", "'pattern' needs a finite weight > 0"),
+        ("pattern=inf", "'pattern' needs a finite weight > 0"),
+        ("pattern=nan", "'pattern' needs a finite weight > 0"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            parse_heads(spec)
+
 
 def test_classifier_guidance_trains_the_generator_without_a_discriminator(fixtures, labelled, tmp_path):
     """The data's label columns (a ClassLabel and a string column) become the targets; with
@@ -1017,6 +1051,15 @@ def test_classifier_guidance_trains_the_generator_without_a_discriminator(fixtur
     both = tmp_path / "both"  # both heads; the string column's names are matched to the classifier's
     trainer = GANTrainer(parse_args(to_argv({**args, "output_dir": str(both), "classifier_guidance_heads": None})))
     assert trainer.classifier_guidance.labels(["red dress", "blue bag"]).tolist() == [[1, 0], [0, 1]]
+    weighted = {**args, "output_dir": str(both), "classifier_guidance_heads": "category,pattern=0.25",
+                "max_train_steps": 1}
+    trainer = GANTrainer(parse_args(to_argv(weighted)))
+    assert trainer.classifier_guidance.head_weights == {"category": 1.0, "pattern": 0.25}
+    logs = trainer.train_step([next(endless_batches(trainer.loader, trainer.sampler, trainer.state))])
+    parts = logs["loss/g_cls_category"] + 0.25 * logs["loss/g_cls_pattern"]
+    assert logs["loss/g_cls"] == pytest.approx(parts, rel=1e-5)
+    train_product_gan(**weighted)
+    assert "heads category,pattern=0.25, weight 0.5" in (both / "README.md").read_text()
     bare = tmp_path / "bare"  # the fixture imagefolder has no label columns
     assert main(to_argv({**args, "output_dir": str(bare), "dataset_name": None,
                          "train_data_dir": str(fixtures / "imagefolder")})) == 2

@@ -77,7 +77,7 @@ from .args import (
 )
 from .augment import diff_augment, parse_policy
 from .checkpointing import load_checkpoint, resolve_resume_checkpoint, save_checkpoint
-from .classifier_guidance import ClassifierGuidance
+from .classifier_guidance import ClassifierGuidance, format_heads, parse_heads
 from .clip_guidance import OBJECTIVES, CLIPGuidance
 from .hub import files_to_upload, push_folder_to_hub, render_pipeline_card, write_model_card
 from .losses import discriminator_loss, generator_loss, matching_loss, mismatched_captions, r1_penalty
@@ -220,7 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--classifier_guidance_heads",
         type=str,
         default=None,
-        help="Comma-separated heads of --classifier_guidance_model to guide with (default: all of them).",
+        help="Comma-separated heads of --classifier_guidance_model to guide with, each with an optional "
+        "=WEIGHT that scales its cross-entropy (1 when left out), e.g. category,pattern=0.2 (default: all of "
+        "them, weight 1). The term is --classifier_guidance_weight x the sum of the weighted heads.",
     )
     g.add_argument(
         "--anchor_weight",
@@ -310,6 +312,11 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(f"--clip_guidance_weight must be > 0, got {args.clip_guidance_weight}")
     if args.classifier_guidance_model is not None and not args.classifier_guidance_weight > 0:
         raise ValueError(f"--classifier_guidance_weight must be > 0, got {args.classifier_guidance_weight}")
+    if args.classifier_guidance_heads is not None:
+        try:
+            parse_heads(args.classifier_guidance_heads)
+        except ValueError as err:
+            raise ValueError(f"--classifier_guidance_heads: {err}") from None
     classifier = args.classifier_guidance_model
     if classifier is not None and not Path(classifier, "config.json").is_file():
         raise FileNotFoundError(
@@ -733,13 +740,14 @@ class GANTrainer:
         self.classifier_guidance: ClassifierGuidance | None = None
         if args.classifier_guidance_model:
             heads = args.classifier_guidance_heads
-            heads = [h.strip() for h in heads.split(",")] if heads else None
+            heads = parse_heads(heads) if heads else None
             guide = ClassifierGuidance.from_pretrained(args.classifier_guidance_model, heads, self.device)
             ambiguous = guide.build_labels(
                 list(train_data[args.caption_column]), _label_columns(train_data, guide.heads)
             )
             logger.info(
-                f"Classifier guidance from {args.classifier_guidance_model} (heads {guide.heads}, weight "
+                f"Classifier guidance from {args.classifier_guidance_model} (heads "
+                f"{format_heads(guide.head_weights)}, weight "
                 f"{args.classifier_guidance_weight}; captions without one label, ignored: {ambiguous})"
             )
             self.classifier_guidance = guide
@@ -976,9 +984,8 @@ class GANTrainer:
         )
         if prec.scaler is not None:
             stats["amp/loss_scale"] = float(prec.scaler.get_scale())
-        for key in ("loss/d_real", "loss/d_fake", "loss/g", "loss/g_clip", "loss/g_anchor", "loss/d_match",
-                    "r1_penalty"):
-            if key in stats and not math.isfinite(stats[key]):
+        for key in [k for k in stats if k.startswith("loss/") or k == "r1_penalty"]:
+            if not math.isfinite(stats[key]):
                 stats[key] = float("nan")
         return stats
 
@@ -1074,6 +1081,9 @@ class GANTrainer:
                             loss_cls = self.classifier_guidance.loss(x0_fake, texts, keep=~dropped, generator=gen)
                             loss = loss + args.classifier_guidance_weight * loss_cls
                             add("loss/g_cls", loss_cls.detach())
+                            if len(self.classifier_guidance.heads) > 1:
+                                for head, value in self.classifier_guidance.last_head_losses.items():
+                                    add(f"loss/g_cls_{head}", value)
                         if anchor_weight > 0:
                             with torch.no_grad():
                                 x0_anchor = self.anchor(x_tp1, t, z, hidden, pooled, mask).sample.float()
@@ -1359,7 +1369,8 @@ class GANTrainer:
                 else "off"
             ),
             "classifier guidance": (
-                f"{args.classifier_guidance_model}, heads {','.join(self.classifier_guidance.heads)}, "
+                f"{args.classifier_guidance_model}, "
+                f"heads {format_heads(self.classifier_guidance.head_weights)}, "
                 f"weight {args.classifier_guidance_weight}"
                 if self.classifier_guidance is not None
                 else "off"
