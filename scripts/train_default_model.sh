@@ -8,6 +8,8 @@
 #   GAN_STEPS=21000 GAN_SECONDS=100000 FT_STEPS=4195 FT2_STEPS=3189 FT2_MERGE=0.5 bash scripts/train_default_model.sh   # the fifth version
 #   GAN_STEPS=21000 GAN_SECONDS=100000 FT_STEPS=4195 FT2_STEPS=3189 FT2_MERGE=0.5 FT3_STEPS=800 FT3_MERGE=0.5 \
 #     bash scripts/train_default_model.sh                                                                   # and stage 3d
+#   GAN_STEPS=21000 GAN_SECONDS=100000 FT_STEPS=4195 FT2_STEPS=3189 FT2_MERGE=0.5 FT4_STEPS=1200 \
+#     FT4_PATTERN_STEPS=600 bash scripts/train_default_model.sh                                             # the seventh version
 #
 # Every stage is resumable: rerunning continues from the newest complete checkpoint. GAN_SECONDS
 # bounds the GAN's wall-clock time: the run is stopped at the deadline and the EMA generator of the
@@ -28,7 +30,9 @@
 # discriminator: an attribute classifier of its own (train_attribute_classifier.py, seed 1, 32-64-128-128,
 # TEACHER_STEPS steps, default 4000; not the judge of prodimg eval) into $RUN/teacher, then FT4_STEPS steps at
 # batch FT4_BATCH (default 256), --adversarial_weight 0, its category cross-entropy at weight 1 and a constant anchor (10) to the
-# start, generator learning rate 5e-5, EMA 0.99, into $RUN/gan-ft4.
+# start, generator learning rate 5e-5, EMA 0.99, into $RUN/gan-ft4. FT4_PATTERN_STEPS > 0 then resumes that run
+# for FT4_PATTERN_STEPS more steps that also guide with the teacher's pattern head at weight FT4_PATTERN_WEIGHT
+# (default 0.1; its cross-entropy starts several times the category head's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -66,6 +70,8 @@ GUIDE_CLIP_STEPS=${GUIDE_CLIP_STEPS:-700 800}
 FT4_STEPS=${FT4_STEPS:-0}
 FT4_BATCH=${FT4_BATCH:-256}
 FT4_SECONDS=${FT4_SECONDS:-1000000}
+FT4_PATTERN_STEPS=${FT4_PATTERN_STEPS:-0}
+FT4_PATTERN_WEIGHT=${FT4_PATTERN_WEIGHT:-0.1}
 TEACHER_STEPS=${TEACHER_STEPS:-4000}
 LAUNCH="accelerate launch --num_processes 1 --num_machines 1 --mixed_precision $PRECISION --dynamo_backend no --main_process_port $PORT --num_cpu_threads_per_process $THREADS"
 
@@ -159,10 +165,16 @@ if [ "$FT4_STEPS" -gt 0 ]; then
       --block_out_channels 32 64 128 128 --train_batch_size 128 --max_train_steps "$TEACHER_STEPS" \
       --learning_rate 3e-3 --seed "$((SEED + 1))" --recolor_prob 0.5 --validation_steps 1000 --output_dir "$RUN/teacher"
   fi
-  finetune "$FINAL" "$RUN/gan-ft4" "$FT4_STEPS" "$FT4_BATCH" "$FT4_SECONDS" \
-    --discriminator_config configs/default-32-discriminator.json --learning_rate 5e-5 --ema_decay 0.99 \
-    --adversarial_weight 0 --classifier_guidance_model "$RUN/teacher" --classifier_guidance_heads category \
-    --classifier_guidance_weight 1 --anchor_weight 10
+  ft4() {  # STEPS HEADS: the same run, resumed from its newest checkpoint
+    finetune "$FINAL" "$RUN/gan-ft4" "$1" "$FT4_BATCH" "$FT4_SECONDS" \
+      --discriminator_config configs/default-32-discriminator.json --learning_rate 5e-5 --ema_decay 0.99 \
+      --adversarial_weight 0 --classifier_guidance_model "$RUN/teacher" --classifier_guidance_heads "$2" \
+      --classifier_guidance_weight 1 --anchor_weight 10
+  }
+  ft4 "$FT4_STEPS" category
+  if [ "$FT4_PATTERN_STEPS" -gt 0 ]; then
+    ft4 "$((FT4_STEPS + FT4_PATTERN_STEPS))" "category,pattern=$FT4_PATTERN_WEIGHT"
+  fi
   FINAL="$RUN/gan-ft4"
 fi
 
