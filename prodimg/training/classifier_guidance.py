@@ -12,7 +12,7 @@ nothing to that head's term.
 The term is the sum over heads of each head's weight (1 unless given, ``parse_heads``) times the mean
 cross-entropy of the kept rows, taken on the generated image after a random translation (as CLIP guidance
 does), with the classifier frozen in eval mode (BatchNorm's running statistics, no dropout). Per-head
-weights matter because heads differ in scale: a 10-way pattern head that the generator barely satisfies
+weights matter because heads differ in scale: a pattern head that the generator barely satisfies
 has a cross-entropy several times a category head's, and at equal weights swamps it.
 
 It must not be the classifier that ``prodimg eval`` judges with (``prodimg/assets/attribute_classifier``):
