@@ -32,7 +32,8 @@
 # batch FT4_BATCH (default 256), --adversarial_weight 0, its category cross-entropy at weight 1 and a constant anchor (10) to the
 # start, generator learning rate 5e-5, EMA 0.99, into $RUN/gan-ft4. FT4_PATTERN_STEPS > 0 then resumes that run
 # for FT4_PATTERN_STEPS more steps that also guide with the teacher's pattern head at weight FT4_PATTERN_WEIGHT
-# (default 0.1; its cross-entropy starts several times the category head's).
+# (default 0.1; its cross-entropy starts several times the category head's). Both take a list, one resumed
+# phase per entry: FT4_PATTERN_STEPS="600 600" FT4_PATTERN_WEIGHT="0.1 0.2" runs 600 steps at 0.1, then 600 at 0.2.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -73,6 +74,25 @@ FT4_SECONDS=${FT4_SECONDS:-1000000}
 FT4_PATTERN_STEPS=${FT4_PATTERN_STEPS:-0}
 FT4_PATTERN_WEIGHT=${FT4_PATTERN_WEIGHT:-0.1}
 TEACHER_STEPS=${TEACHER_STEPS:-4000}
+# Check the pattern phases now, not hours later when stage 3e reaches them.
+read -r -a FT4_PATTERN_STEPS_LIST <<< "$FT4_PATTERN_STEPS"
+read -r -a FT4_PATTERN_WEIGHT_LIST <<< "$FT4_PATTERN_WEIGHT"
+if [ "${#FT4_PATTERN_STEPS_LIST[@]}" != "${#FT4_PATTERN_WEIGHT_LIST[@]}" ]; then
+  echo "FT4_PATTERN_WEIGHT ('$FT4_PATTERN_WEIGHT') needs one weight for each entry of FT4_PATTERN_STEPS ('$FT4_PATTERN_STEPS')" >&2
+  exit 2
+fi
+for i in "${!FT4_PATTERN_STEPS_LIST[@]}"; do
+  [[ "${FT4_PATTERN_STEPS_LIST[$i]}" =~ ^[0-9]+$ ]] || {
+    echo "FT4_PATTERN_STEPS: '${FT4_PATTERN_STEPS_LIST[$i]}' is not a whole number of steps" >&2; exit 2; }
+  python - "category,pattern=${FT4_PATTERN_WEIGHT_LIST[$i]}" <<'PY' || exit 2
+import sys
+from prodimg.training.classifier_guidance import parse_heads
+try:
+    parse_heads(sys.argv[1])
+except ValueError as err:
+    sys.exit(f"FT4_PATTERN_WEIGHT: {err}")
+PY
+done
 LAUNCH="accelerate launch --num_processes 1 --num_machines 1 --mixed_precision $PRECISION --dynamo_backend no --main_process_port $PORT --num_cpu_threads_per_process $THREADS"
 
 # 1. Data
@@ -172,9 +192,12 @@ if [ "$FT4_STEPS" -gt 0 ]; then
       --classifier_guidance_weight 1 --anchor_weight 10
   }
   ft4 "$FT4_STEPS" category
-  if [ "$FT4_PATTERN_STEPS" -gt 0 ]; then
-    ft4 "$((FT4_STEPS + FT4_PATTERN_STEPS))" "category,pattern=$FT4_PATTERN_WEIGHT"
-  fi
+  total=$FT4_STEPS
+  for i in "${!FT4_PATTERN_STEPS_LIST[@]}"; do  # each phase resumes the one before it
+    [ "${FT4_PATTERN_STEPS_LIST[$i]}" -gt 0 ] || continue
+    total=$((total + FT4_PATTERN_STEPS_LIST[$i]))
+    ft4 "$total" "category,pattern=${FT4_PATTERN_WEIGHT_LIST[$i]}"
+  done
   FINAL="$RUN/gan-ft4"
 fi
 
