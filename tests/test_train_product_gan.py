@@ -576,6 +576,8 @@ def test_repeated_nonfinite_steps_stop_the_run_cleanly(fixtures, tmp_path, monke
         ({"clip_guidance_model": "x", "clip_guidance_weight": 0}, "--clip_guidance_weight must be > 0"),
         ({"discriminator_warmup_steps": -1}, "--discriminator_warmup_steps must be >= 0"),
         ({"anchor_weight": -1}, "--anchor_weight must be >= 0"),
+        ({"diversity_weight": -0.5}, "--diversity_weight must be a finite number >= 0, got -0.5"),
+        ({"diversity_weight": float("nan")}, "--diversity_weight must be a finite number >= 0, got nan"),
         ({"anchor_weight": 1, "anchor_steps": 0}, "--anchor_steps must be >= 1"),
         ({"ddp_timeout": 0}, "--ddp_timeout must be > 0 seconds"),
         ({"adversarial_weight": -1}, "--adversarial_weight must be >= 0"),
@@ -611,6 +613,10 @@ def test_bad_arguments_stop_before_training(fixtures, tmp_path, override, messag
         (
             {"anchor_weight": 1.0, "pretrained_model_name_or_path": "text_encoder_only", "generator_config": "gcfg"},
             "--anchor_weight needs a pipeline to start from",
+        ),
+        (
+            {"diversity_weight": 1.0, "pretrained_model_name_or_path": "text_encoder_only", "generator_config": "gcfg"},
+            "--diversity_weight needs a pipeline to start from",
         ),
     ],
 )
@@ -698,6 +704,66 @@ def test_anchor_pulls_towards_the_starting_generator_also_after_a_resume(fixture
     resumed = tmp_path / "resumed"
     _resume_from(args, out, 2, resumed)
     _assert_bitwise_equal(out / "checkpoint-3", resumed / "checkpoint-3")
+
+
+def test_diversity_floor_loss():
+    """Penalised only for varying less than the reference, by how much less; its gradient reaches only the
+    generator's outputs."""
+    from prodimg.training.losses import diversity_floor_loss
+
+    ref, ref2 = torch.zeros(2, 3, 4, 4), torch.ones(2, 3, 4, 4)  # the reference's draws differ by 1 everywhere
+    x = torch.zeros(2, 3, 4, 4, requires_grad=True)
+    x2 = torch.full((2, 3, 4, 4), 0.25).requires_grad_()
+    loss, d, d_ref = diversity_floor_loss(x, x2, ref, ref2)
+    assert (loss.item(), d.item(), d_ref.item()) == (0.75, 0.25, 1.0)
+    loss.backward()
+    assert x2.grad.lt(0).all() and x.grad.gt(0).all()  # the step pushes the two draws apart
+    collapsed = diversity_floor_loss(x2, x2, ref, ref2)[0]
+    assert collapsed.item() == 1.0
+    more_varied = diversity_floor_loss(x.detach() - 1, x2.detach() + 1, ref, ref2)[0]
+    assert more_varied.item() == 0.0
+    mixed = diversity_floor_loss(torch.stack([x[0].detach(), x[1].detach() - 3]), x2.detach(), ref, ref2)[0]
+    assert mixed.item() == pytest.approx(0.75 / 2)  # a sample that varies more does not pay for one that varies less
+    with pytest.raises(ValueError, match="shapes differ"):
+        diversity_floor_loss(x, x2, ref[:1], ref2)
+
+
+def test_diversity_floor_trains_from_two_draws_in_one_forward(fixtures, tmp_path):
+    """--diversity_weight: on the first step the generator is its start, so it varies exactly as much (loss 0)
+    and both draws differ; with the anchor on, the anchor term still compares only the first draw; the model
+    card records the weight; the default (0) draws once."""
+    from prodimg.training.gan import GANTrainer
+    from prodimg.training.sampler import endless_batches
+
+    args = base_args(fixtures, tmp_path / "out", diversity_weight=2.0, anchor_weight=1.0, checkpointing_steps=1,
+                     max_train_steps=2)
+    trainer = GANTrainer(parse_args(to_argv(args)))
+    calls = []
+    trainer.G.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[0]))
+    batches = endless_batches(trainer.loader, trainer.sampler, trainer.state)
+    first = trainer.train_step([next(batches)])
+    b = args["train_batch_size"]
+    assert calls[-1] == 2 * b and 2 * b not in calls[:-1]  # the generator phase: one forward of both draws
+    assert first["loss/g_diversity"] == 0.0 and first["loss/g_anchor"] == 0.0
+    assert first["diversity/generator"] == first["diversity/start"] > 0.0
+    second = trainer.train_step([next(batches)])
+    assert second["diversity/start"] > 0.0 and second["diversity/generator"] != second["diversity/start"]
+
+    out = tmp_path / "run"
+    train_product_gan(**{**args, "output_dir": str(out)})
+    card = (out / "README.md").read_text()
+    assert "diversity floor against the starting generator**: weight 2.0" in card
+    assert "to the starting generator**: weight 1.0" in card
+    only = tmp_path / "only"  # the floor alone builds the frozen start but no anchor term
+    logs = GANTrainer(parse_args(to_argv({**args, "anchor_weight": 0.0, "output_dir": str(only)}))).train_step(
+        [next(batches)]
+    )
+    assert "loss/g_diversity" in logs and "loss/g_anchor" not in logs
+    plain = GANTrainer(parse_args(to_argv({**args, "diversity_weight": 0.0, "output_dir": str(tmp_path / "plain")})))
+    calls.clear()
+    plain.G.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[0]))
+    logs = plain.train_step([next(endless_batches(plain.loader, plain.sampler, plain.state))])
+    assert calls[-1] == b and "loss/g_diversity" not in logs and "diversity/start" not in logs
 
 
 def test_no_default_warmup_for_a_saved_discriminator_or_a_new_generator(fixtures, tmp_path):

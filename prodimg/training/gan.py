@@ -18,7 +18,10 @@ One training step (``--gradient_accumulation_steps`` micro-batches per network):
    ``--classifier_guidance_model``, ``--classifier_guidance_weight`` x a frozen attribute classifier's
    cross-entropy on the predicted ``x_0`` against its caption's labels
    (:mod:`prodimg.training.classifier_guidance`), and, with ``--anchor_weight``, that weight x MSE between
-   the predicted ``x_0`` and the frozen starting generator's.
+   the predicted ``x_0`` and the frozen starting generator's; with ``--diversity_weight``, that weight x
+   how much less two draws of the generator's noise inputs (``x_{t+1}`` and ``z``) for the same caption and
+   ``t`` differ than the starting generator's on the same draws (:func:`~prodimg.training.losses.diversity_floor_loss`;
+   both draws go through one generator forward).
 4. EMA of G after each generator step; each LR scheduler steps once per step of its network's phase.
 
 A pretrained generator paired with a new discriminator (a pipeline saved without its discriminator,
@@ -80,7 +83,14 @@ from .checkpointing import load_checkpoint, resolve_resume_checkpoint, save_chec
 from .classifier_guidance import ClassifierGuidance, format_heads, parse_heads
 from .clip_guidance import OBJECTIVES, CLIPGuidance
 from .hub import files_to_upload, push_folder_to_hub, render_pipeline_card, write_model_card
-from .losses import discriminator_loss, generator_loss, matching_loss, mismatched_captions, r1_penalty
+from .losses import (
+    discriminator_loss,
+    diversity_floor_loss,
+    generator_loss,
+    matching_loss,
+    mismatched_captions,
+    r1_penalty,
+)
 from .precision import MixedPrecision, NonFiniteGuard, NonFiniteTrainingError, StepResult, guarded_step
 from .sampler import ResumableBatchSampler, endless_batches
 from .state import Deadline, TrainerState, capture_rng_state, restore_rng_state
@@ -233,6 +243,16 @@ def build_parser() -> argparse.ArgumentParser:
         "gradients cannot drag it far from what it drew; 0 (default) disables.",
     )
     g.add_argument(
+        "--diversity_weight",
+        type=float,
+        default=0.0,
+        help="Fine-tuning a pipeline: add this weight x mean(relu(d_start - d)), where d is the mean absolute "
+        "difference between the generator's predicted x_0 for two draws of its noise inputs (x_{t+1} and z) with "
+        "the same caption and t, and d_start the starting generator's (frozen) on the same draws: a mode-seeking "
+        "floor that penalises being less varied than the start, never more. Costs a second generator draw per "
+        "sample; 0 (default) disables.",
+    )
+    g.add_argument(
         "--anchor_steps",
         type=int,
         default=None,
@@ -327,6 +347,8 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError("--classifier_guidance_heads needs --classifier_guidance_model")
     if args.anchor_weight < 0:
         raise ValueError(f"--anchor_weight must be >= 0, got {args.anchor_weight}")
+    if not (args.diversity_weight >= 0 and math.isfinite(args.diversity_weight)):
+        raise ValueError(f"--diversity_weight must be a finite number >= 0, got {args.diversity_weight}")
     if args.adversarial_weight < 0:
         raise ValueError(f"--adversarial_weight must be >= 0, got {args.adversarial_weight}")
     if args.adversarial_weight == 0:
@@ -699,9 +721,10 @@ class GANTrainer:
         c = load_components(args)
         self.components = c
         self.anchor: ProductGenerator | None = None
-        if args.anchor_weight > 0:
+        if args.anchor_weight > 0 or args.diversity_weight > 0:
             if c.source != "pipeline":
-                raise ValueError("--anchor_weight needs a pipeline to start from (its generator is the anchor)")
+                flag = "--anchor_weight" if args.anchor_weight > 0 else "--diversity_weight"
+                raise ValueError(f"{flag} needs a pipeline to start from (its generator is the anchor)")
             # The pipeline's own generator, frozen; a resumed run rebuilds it from the same folder.
             self.anchor = copy.deepcopy(c.generator).requires_grad_(False).eval().to(self.device)
         self.scheduler = c.scheduler
@@ -1061,7 +1084,15 @@ class GANTrainer:
                     x_tp1 = sched.add_noise(x0, noise, t)
                     with prec.autocast():
                         z = torch.randn(b, z_dim, generator=gen, device=self.device)
-                        x0_fake = self.G(x_tp1, t, z, hidden, pooled, mask).sample.float()
+                    inputs = (x_tp1, t, z, hidden, pooled, mask)
+                    if args.diversity_weight > 0:  # a second draw of x_{t+1} and z, in the same forward
+                        noise2 = torch.randn(x0.shape, generator=gen, device=self.device, dtype=x0.dtype)
+                        z2 = torch.randn(b, z_dim, generator=gen, device=self.device)
+                        second = (sched.add_noise(x0, noise2, t), t, z2, hidden, pooled, mask)
+                        inputs = tuple(None if u is None else torch.cat([u, v]) for u, v in zip(inputs, second))
+                    with prec.autocast():
+                        x0_both = self.G(*inputs).sample.float()
+                    x0_fake, x0_fake2 = x0_both[:b], x0_both[b:]
                     if args.adversarial_weight > 0:
                         x_t_fake = sched.sample_posterior(x0_fake, x_tp1, t, generator=gen)
                         samples, noisy = diff_augment([x_t_fake, x_tp1], self.policy, gen)
@@ -1084,12 +1115,19 @@ class GANTrainer:
                             if len(self.classifier_guidance.heads) > 1:
                                 for head, value in self.classifier_guidance.last_head_losses.items():
                                     add(f"loss/g_cls_{head}", value)
-                        if anchor_weight > 0:
+                        if anchor_weight > 0 or args.diversity_weight > 0:
                             with torch.no_grad():
-                                x0_anchor = self.anchor(x_tp1, t, z, hidden, pooled, mask).sample.float()
-                            loss_anchor = torch.nn.functional.mse_loss(x0_fake, x0_anchor)
+                                x0_start = self.anchor(*inputs).sample.float()
+                        if anchor_weight > 0:
+                            loss_anchor = torch.nn.functional.mse_loss(x0_fake, x0_start[:b])
                             loss = loss + anchor_weight * loss_anchor
                             add("loss/g_anchor", loss_anchor.detach())
+                        if args.diversity_weight > 0:
+                            loss_div, d, d_start = diversity_floor_loss(x0_fake, x0_fake2, x0_start[:b], x0_start[b:])
+                            loss = loss + args.diversity_weight * loss_div
+                            add("loss/g_diversity", loss_div.detach())
+                            add("diversity/generator", d.detach())
+                            add("diversity/start", d_start.detach())
                     loss = loss / n
                     if force_nan:
                         loss = loss * float("nan")
@@ -1379,8 +1417,11 @@ class GANTrainer:
             "anchor to the starting generator": (
                 f"weight {args.anchor_weight}"
                 + (f", decayed to 0 over {args.anchor_steps} generator steps" if args.anchor_steps else "")
-                if self.anchor is not None
+                if args.anchor_weight > 0
                 else "off"
+            ),
+            "diversity floor against the starting generator": (
+                f"weight {args.diversity_weight}" if args.diversity_weight > 0 else "off"
             ),
             "discriminator": (
                 f"{c.discriminator_source}, {self.d_warmup} warm-up steps, adversarial weight {args.adversarial_weight}"

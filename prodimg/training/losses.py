@@ -63,3 +63,21 @@ def matching_loss(mismatch_logits: torch.Tensor, valid: torch.Tensor) -> torch.T
     valid = valid.to(mismatch_logits.device)
     per = F.softplus(mismatch_logits.float())
     return (per * valid).sum() / valid.sum().clamp(min=1)
+
+
+def diversity_floor_loss(
+    x: torch.Tensor, x2: torch.Tensor, ref: torch.Tensor, ref2: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``mean(relu(d_ref - d))``: the generator is penalised for being less varied than a reference, never more.
+
+    ``d`` is the per-sample mean absolute difference between two generator outputs ``x`` and ``x2`` for the
+    same condition (two draws of its noise inputs); ``d_ref`` the same for the reference generator's outputs
+    ``ref`` and ``ref2`` on the same two draws. A mode-seeking term (MSGAN, Mao et al., 2019) that takes its
+    target from the reference instead of maximising the distance, so it stays well defined where the outputs
+    should agree (a denoiser at small t). Returns ``(loss, d.mean(), d_ref.mean())``, in fp32.
+    """
+    if not x.shape == x2.shape == ref.shape == ref2.shape:
+        raise ValueError(f"diversity_floor_loss: shapes differ: {x.shape}, {x2.shape}, {ref.shape}, {ref2.shape}")
+    d = (x.float() - x2.float()).abs().flatten(1).mean(1)
+    d_ref = (ref.float() - ref2.float()).abs().flatten(1).mean(1).detach()
+    return F.relu(d_ref - d).mean(), d.mean(), d_ref.mean()
