@@ -83,18 +83,18 @@ if [ "${#FT4_PATTERN_STEPS_LIST[@]}" != "${#FT4_PATTERN_WEIGHT_LIST[@]}" ]; then
   echo "FT4_PATTERN_WEIGHT ('$FT4_PATTERN_WEIGHT') needs one weight for each entry of FT4_PATTERN_STEPS ('$FT4_PATTERN_STEPS')" >&2
   exit 2
 fi
-for i in "${!FT4_PATTERN_STEPS_LIST[@]}"; do
-  [[ "${FT4_PATTERN_STEPS_LIST[$i]}" =~ ^[0-9]+$ ]] || {
-    echo "FT4_PATTERN_STEPS: '${FT4_PATTERN_STEPS_LIST[$i]}' is not a whole number of steps" >&2; exit 2; }
-  python - "category,pattern=${FT4_PATTERN_WEIGHT_LIST[$i]}" <<'PY' || exit 2
+for steps in "${FT4_PATTERN_STEPS_LIST[@]}"; do
+  [[ "$steps" =~ ^[0-9]+$ ]] || { echo "FT4_PATTERN_STEPS: '$steps' is not a whole number of steps" >&2; exit 2; }
+done
+python - "${FT4_PATTERN_WEIGHT_LIST[@]}" <<'PY' || exit 2
 import sys
 from prodimg.training.classifier_guidance import parse_heads
-try:
-    parse_heads(sys.argv[1])
-except ValueError as err:
-    sys.exit(f"FT4_PATTERN_WEIGHT: {err}")
+for weight in sys.argv[1:]:  # each phase's heads, as stage 3e passes them
+    try:
+        parse_heads(f"category,pattern={weight}")
+    except ValueError as err:
+        sys.exit(f"FT4_PATTERN_WEIGHT: {err}")
 PY
-done
 LAUNCH="accelerate launch --num_processes 1 --num_machines 1 --mixed_precision $PRECISION --dynamo_backend no --main_process_port $PORT --num_cpu_threads_per_process $THREADS"
 
 # 1. Data

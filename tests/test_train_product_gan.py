@@ -711,13 +711,15 @@ def test_diversity_floor_loss():
     generator's outputs."""
     from prodimg.training.losses import diversity_floor_loss
 
-    ref, ref2 = torch.zeros(2, 3, 4, 4), torch.ones(2, 3, 4, 4)  # the reference's draws differ by 1 everywhere
+    ref = torch.zeros(2, 3, 4, 4, requires_grad=True)  # the reference's draws differ by 1 everywhere
+    ref2 = torch.ones(2, 3, 4, 4, requires_grad=True)
     x = torch.zeros(2, 3, 4, 4, requires_grad=True)
     x2 = torch.full((2, 3, 4, 4), 0.25).requires_grad_()
     loss, d, d_ref = diversity_floor_loss(x, x2, ref, ref2)
     assert (loss.item(), d.item(), d_ref.item()) == (0.75, 0.25, 1.0)
     loss.backward()
     assert x2.grad.lt(0).all() and x.grad.gt(0).all()  # the step pushes the two draws apart
+    assert ref.grad is None and ref2.grad is None  # the reference is a target, not trained
     collapsed = diversity_floor_loss(x2, x2, ref, ref2)[0]
     assert collapsed.item() == 1.0
     more_varied = diversity_floor_loss(x.detach() - 1, x2.detach() + 1, ref, ref2)[0]
