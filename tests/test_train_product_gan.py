@@ -681,6 +681,68 @@ def test_the_generator_lr_warmup_starts_after_the_discriminator_warmup(fixtures,
     assert [next_lrs(s) for s in (1, 2, 3)] == [(0.0, 1e-4), (0.0, 2e-4), (1e-4, 2e-4)]
 
 
+def test_resumed_phases_are_recorded_in_checkpoints_summary_and_card(fixtures, tmp_path):
+    """A run resumed with another recipe keeps each phase's steps and arguments: in every checkpoint (up to
+    its own step), in training_summary.json and, merged and as differences, in the model card."""
+    out = tmp_path / "out"
+    args = base_args(fixtures, out, max_train_steps=2, checkpointing_steps=1, cond_drop_prob=0.3)
+    train_product_gan(**args)
+    later = {**args, "cond_drop_prob": 0.0, "resume_from_checkpoint": "latest"}
+    train_product_gan(**{**later, "max_train_steps": 3})
+    summary = train_product_gan(**{**later, "max_train_steps": 4, "checkpointing_steps": 2})
+    phases = summary["phases"]
+    assert [(p["from_step"], p["to_step"]) for p in phases] == [(0, 2), (2, 3), (3, 4)]
+    assert [p["arguments"]["cond_drop_prob"] for p in phases] == [0.3, 0.0, 0.0]
+    assert [p["arguments"]["max_train_steps"] for p in phases] == [2, 3, 4]
+    assert "hub_token" not in phases[0]["arguments"]
+    assert json.loads((out / "training_summary.json").read_text())["phases"] == phases
+    saved = json.loads((out / "checkpoint-3" / "phases.json").read_text())["phases"]
+    assert [(p["from_step"], p["to_step"]) for p in saved] == [(0, 2), (2, 3)]
+    card = (out / "README.md").read_text()
+    # the last two phases differ only in how long they ran and how often they saved: one line
+    assert (
+        "**phases**: steps 0-2: as below but --cond_drop_prob 0.3; steps 2-4: the training arguments below"
+    ) in card
+
+    # a checkpoint written before the history was kept: its steps are an unrecorded phase
+    old = out / "checkpoint-4"
+    (old / "phases.json").unlink()
+    marker = json.loads((old / "checkpoint_complete.json").read_text())
+    marker["states"].remove("phases")
+    del marker["files"]["phases.json"]
+    (old / "checkpoint_complete.json").write_text(json.dumps(marker))
+    summary = train_product_gan(**{**later, "max_train_steps": 5})
+    assert [(p["from_step"], p["to_step"], p["arguments"] is None) for p in summary["phases"]] == [
+        (0, 4, True),
+        (4, 5, False),
+    ]
+    assert "steps 0-4: not recorded" in (out / "README.md").read_text()
+
+
+def test_phase_history_and_its_summary():
+    from prodimg.training.state import PhaseHistory, TrainerState, summarize_phases
+
+    state = TrainerState(step=3)
+    history = PhaseHistory(state, {"lr": 1.0})
+    with pytest.raises(ValueError, match="ends at step 2, its trainer state at step 3"):
+        history.load_state_dict({"phases": [{"from_step": 0, "to_step": 2, "arguments": {"lr": 2.0}}]})
+    history.load_state_dict({"phases": [{"from_step": 0, "to_step": 3, "arguments": {"lr": 2.0}}]})
+    assert history.phases() == [{"from_step": 0, "to_step": 3, "arguments": {"lr": 2.0}}]  # no step yet
+    state.step = 5
+    assert history.state_dict()["phases"][-1] == {"from_step": 3, "to_step": 5, "arguments": {"lr": 1.0}}
+    phases = [
+        {"from_step": 0, "to_step": 2, "arguments": None},
+        {"from_step": 2, "to_step": 4, "arguments": {"lr": 2.0, "steps": 4}},
+        {"from_step": 4, "to_step": 6, "arguments": {"lr": 2.0, "steps": 6}},
+        {"from_step": 6, "to_step": 7, "arguments": {"lr": 1.0, "steps": 7, "new": "x"}},
+    ]
+    assert summarize_phases(phases, {"lr": 1.0, "steps": 7, "new": "x"}, {"steps"}) == [
+        "steps 0-2: not recorded (a checkpoint from a trainer that kept no history)",
+        "steps 2-6: as below but --lr 2.0, --new None",
+        "steps 6-7: the training arguments below",
+    ]
+
+
 def test_anchor_pulls_towards_the_starting_generator_also_after_a_resume(fixtures, tmp_path):
     """--anchor_weight: the MSE between the generator's x_0 and the frozen starting generator's is 0 on the first
     step (they are the same network) and positive once the generator has moved; its weight decays over

@@ -26,7 +26,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -263,12 +263,15 @@ def load_checkpoint(
     states: dict[str, Any],
     process_index: int = 0,
     device: str | torch.device = "cpu",
+    optional: Collection[str] = (),
 ) -> tuple[dict | None, dict]:
     """Load a complete checkpoint into ``models`` and ``states`` (objects with ``load_state_dict``).
 
-    ``states`` values that are ``None`` are read and returned instead of loaded. Returns
-    ``(rng_state or None, {name: raw state for the None entries})``; the RNG state is ``None`` when
-    the checkpoint was written by fewer processes (the caller then reseeds).
+    ``states`` values that are ``None`` are read and returned instead of loaded. States named in
+    ``optional`` may be missing (a checkpoint written before the trainer kept them): they are then
+    skipped, or returned as ``None`` when read raw. Returns ``(rng_state or None, {name: raw state for
+    the None entries})``; the RNG state is ``None`` when the checkpoint was written by fewer processes
+    (the caller then reseeds).
     """
     path = Path(path)
     problem = checkpoint_problem(path)
@@ -279,6 +282,10 @@ def load_checkpoint(
     raw = {}
     for name, obj in states.items():
         if not (path / f"{name}.json").is_file():
+            if name in optional:
+                if obj is None:
+                    raw[name] = None
+                continue
             raise ValueError(f"checkpoint {path} has no state {name!r}")
         state = load_state_files(path, name, device="cpu")
         if obj is None:

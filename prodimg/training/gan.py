@@ -93,7 +93,14 @@ from .losses import (
 )
 from .precision import MixedPrecision, NonFiniteGuard, NonFiniteTrainingError, StepResult, guarded_step
 from .sampler import ResumableBatchSampler, endless_batches
-from .state import Deadline, TrainerState, capture_rng_state, restore_rng_state
+from .state import (
+    Deadline,
+    PhaseHistory,
+    TrainerState,
+    capture_rng_state,
+    restore_rng_state,
+    summarize_phases,
+)
 from .tracking import Throughput, init_trackers, log_image, progress_bar, setup_logging
 from .validation import EarlyStopping, FIDEvaluator, fid_unavailable_reason, generate_grid, to_uint8_nhwc
 
@@ -822,6 +829,7 @@ class GANTrainer:
             * args.gradient_accumulation_steps,
             dataset_size=self.num_examples,
         )
+        self.phases = PhaseHistory(self.state, _recorded_arguments(args))
         self.gen = torch.Generator(device=self.device).manual_seed(
             args.seed + 1_000_003 * accelerator.process_index
         )
@@ -877,17 +885,20 @@ class GANTrainer:
             "nonfinite_guard": self.guard,
             "early_stopping": self.early,
             "trainer": self.state,
+            "phases": self.phases,
         }
 
     def _load(self, path: Path) -> None:
         c = self.components
         states = self._states()
         states["trainer"] = None  # read raw, to compare the data layout before applying it
+        states["phases"] = None  # read raw: it needs the trainer state's step
         rng, raw = load_checkpoint(
             path,
             {"generator": c.generator, "discriminator": c.discriminator},
             states,
             process_index=self.accelerator.process_index,
+            optional=("phases",),
         )
         saved = raw["trainer"]
         self.state.load_state_dict(
@@ -903,6 +914,7 @@ class GANTrainer:
                 f"restarts at the beginning of epoch {self.state.epoch}"
             )
             self.state.batch_in_epoch = 0
+        self.phases.load_state_dict(raw["phases"])
         if rng is not None:
             restore_rng_state(rng, {"train": self.gen})
         else:
@@ -1254,7 +1266,7 @@ class GANTrainer:
     # ------------------------------------------------------------------------------------ the loop
     def train(self) -> dict[str, Any]:
         args, acc = self.args, self.accelerator
-        config = {k: v for k, v in vars(args).items() if k != "hub_token"}
+        config = _recorded_arguments(args)
         init_trackers(acc, args.tracker_project_name, config)
         logger.info("***** Running training *****")
         logger.info(f"  Examples = {self.num_examples}, start = {self.components.source}, T = {self.T}")
@@ -1327,6 +1339,7 @@ class GANTrainer:
             "best_fid": self.early.best,
             "best_fid_step": self.early.best_step,
             "last_checkpoint": self.last_checkpoint,
+            "phases": self.phases.phases(),
         }
         if not summary["replicas_identical"]:
             logger.error(f"The processes ended with different parameters: {digests}")
@@ -1430,6 +1443,7 @@ class GANTrainer:
                 + ("the loaded one saved as it was)" if self.saves_discriminator else "not saved)")
             ),
             "EMA decay": args.ema_decay,
+            "phases": _phase_lines(summary["phases"], _recorded_arguments(args)),
             "saved generator": summary["saved_generator"],
             "stop reason": summary["stop_reason"],
             "non-finite steps skipped": summary["nonfinite_steps_skipped"],
@@ -1446,7 +1460,7 @@ class GANTrainer:
             "generator": dict(c.generator.config),
             "discriminator": dict(self.accelerator.unwrap_model(self.D).config),
             "scheduler": dict(self.scheduler.config),
-            "training arguments": {k: v for k, v in sorted(vars(args).items()) if k != "hub_token"},
+            "training arguments": _recorded_arguments(args),
         }
         card = render_pipeline_card(
             model_name=args.hub_model_id or self.output_dir.name,
@@ -1459,6 +1473,49 @@ class GANTrainer:
             base_model=args.pretrained_model_name_or_path,
         )
         write_model_card(self.output_dir, card)
+
+
+# ============================================================================================ phases
+# Arguments that say how a run is driven, logged or stored, not what its steps compute: a resume that
+# changes only these continues the same phase.
+_PHASE_IGNORED = frozenset(
+    {
+        "resume_from_checkpoint",
+        "max_train_steps",
+        "max_train_seconds",
+        "train_time_clock",
+        "output_dir",
+        "logging_dir",
+        "report_to",
+        "tracker_project_name",
+        "checkpointing_steps",
+        "checkpoints_total_limit",
+        "push_to_hub",
+        "hub_model_id",
+        "hub_private_repo",
+        "cache_dir",
+        "embedding_cache_dir",
+        "dataloader_num_workers",
+        "ddp_timeout",
+        "validation_steps",
+        "validation_prompts",
+        "num_validation_images",
+        "validation_guidance_scale",
+        "validation_fid_num_images",
+        "validation_split",
+    }
+)
+
+
+def _recorded_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The arguments a phase records: all but the Hub token."""
+    return {k: v for k, v in sorted(vars(args).items()) if k != "hub_token"}
+
+
+def _phase_lines(phases: list[dict[str, Any]], reference: dict[str, Any]) -> str:
+    """The card's phase entry: the steps and recipe of each resumed phase, when there was more than one."""
+    lines = summarize_phases(phases, reference, _PHASE_IGNORED)
+    return "one (the training arguments below)" if len(lines) <= 1 else "; ".join(lines)
 
 
 # ============================================================================================ entry points

@@ -219,3 +219,85 @@ class TrainerState:
     def load_state_dict(self, state: dict) -> None:
         for f in dataclasses.fields(self):
             setattr(self, f.name, int(state[f.name]))
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` as JSON can hold it: containers walked, anything else that is not a JSON scalar as str."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return str(value)
+
+
+class PhaseHistory:
+    """The invocations of one resumable run: for each, the steps it trained and its arguments.
+
+    A run resumed with other arguments (a new loss weight, a second objective) is one lineage of
+    checkpoints made by several recipes. Each checkpoint stores the phases up to its own step, so a
+    run resumed from an older checkpoint forgets what the abandoned steps after it did, as its
+    weights do. ``state`` supplies the step; ``arguments`` are this invocation's.
+    """
+
+    def __init__(self, state: TrainerState, arguments: dict[str, Any]):
+        self._state = state
+        self.arguments = _jsonable(arguments)
+        self.previous: list[dict[str, Any]] = []
+        self.start_step = state.step
+
+    def phases(self) -> list[dict[str, Any]]:
+        """Every phase with steps, oldest first: ``{"from_step", "to_step", "arguments"}``; a phase from a
+        checkpoint of a trainer that kept no history has ``arguments`` None."""
+        current = {"from_step": self.start_step, "to_step": self._state.step, "arguments": self.arguments}
+        return [p for p in [*self.previous, current] if p["to_step"] > p["from_step"]]
+
+    def state_dict(self) -> dict:
+        return {"phases": self.phases()}
+
+    def load_state_dict(self, state: dict | None) -> None:
+        """Continue after a checkpoint's phases, or after an unrecorded phase 0 -> its step when ``state`` is
+        None (the checkpoint was written before the history was kept). Call after ``state`` has its step."""
+        step = self._state.step
+        if state is None:
+            self.previous = [{"from_step": 0, "to_step": step, "arguments": None}] if step > 0 else []
+        else:
+            self.previous = [dict(p) for p in state["phases"]]
+            if self.previous and self.previous[-1]["to_step"] != step:
+                raise ValueError(
+                    f"the checkpoint's phase history ends at step {self.previous[-1]['to_step']}, "
+                    f"its trainer state at step {step}"
+                )
+        self.start_step = step
+
+
+def summarize_phases(
+    phases: list[dict[str, Any]], reference: dict[str, Any], ignored: frozenset[str] | set[str] = frozenset()
+) -> list[str]:
+    """One line per phase, adjacent phases with the same arguments (bar ``ignored``) merged, each given as
+    the arguments in which it differs from ``reference`` (the card's training arguments):
+    ``steps 0-1200: as below but --classifier_guidance_heads category``."""
+
+    def compared(args: dict | None) -> dict | None:
+        return None if args is None else {k: v for k, v in _jsonable(args).items() if k not in ignored}
+
+    merged: list[dict[str, Any]] = []
+    for p in phases:
+        args = compared(p["arguments"])
+        if merged and args is not None and merged[-1]["args"] == args:
+            merged[-1]["to_step"] = p["to_step"]
+        else:
+            merged.append({"from_step": p["from_step"], "to_step": p["to_step"], "args": args})
+    ref = compared(reference)
+    lines = []
+    for p in merged:
+        span, args = f"steps {p['from_step']}-{p['to_step']}", p["args"]
+        if args is None:
+            lines.append(f"{span}: not recorded (a checkpoint from a trainer that kept no history)")
+        elif args == ref:
+            lines.append(f"{span}: the training arguments below")
+        else:
+            diff = [f"--{k} {args.get(k)}" for k in sorted(set(args) | set(ref)) if args.get(k) != ref.get(k)]
+            lines.append(f"{span}: as below but " + ", ".join(diff))
+    return lines
