@@ -724,6 +724,8 @@ def test_phase_history_and_its_summary():
 
     state = TrainerState(step=3)
     history = PhaseHistory(state, {"lr": 1.0})
+    with pytest.raises(ValueError, match="not a list of phases"):
+        history.load_state_dict({"phases": [{"from_step": 0}]})
     with pytest.raises(ValueError, match="ends at step 2, its trainer state at step 3"):
         history.load_state_dict({"phases": [{"from_step": 0, "to_step": 2, "arguments": {"lr": 2.0}}]})
     history.load_state_dict({"phases": [{"from_step": 0, "to_step": 3, "arguments": {"lr": 2.0}}]})

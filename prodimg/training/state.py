@@ -263,7 +263,12 @@ class PhaseHistory:
         if state is None:
             self.previous = [{"from_step": 0, "to_step": step, "arguments": None}] if step > 0 else []
         else:
-            self.previous = [dict(p) for p in state["phases"]]
+            phases = state.get("phases") if isinstance(state, dict) else None
+            if not isinstance(phases, list) or not all(
+                isinstance(p, dict) and {"from_step", "to_step", "arguments"} <= p.keys() for p in phases
+            ):
+                raise ValueError(f"the checkpoint's phase history is not a list of phases: {state!r:.200}")
+            self.previous = [dict(p) for p in phases]
             if self.previous and self.previous[-1]["to_step"] != step:
                 raise ValueError(
                     f"the checkpoint's phase history ends at step {self.previous[-1]['to_step']}, "
