@@ -1443,7 +1443,7 @@ class GANTrainer:
                 + ("the loaded one saved as it was)" if self.saves_discriminator else "not saved)")
             ),
             "EMA decay": args.ema_decay,
-            "phases": _phase_lines(summary["phases"], _recorded_arguments(args)),
+            "phases": _phase_lines(summary["phases"], self.phases.arguments),
             "saved generator": summary["saved_generator"],
             "stop reason": summary["stop_reason"],
             "non-finite steps skipped": summary["nonfinite_steps_skipped"],

@@ -222,14 +222,8 @@ class TrainerState:
 
 
 def _jsonable(value: Any) -> Any:
-    """``value`` as JSON can hold it: containers walked, anything else that is not a JSON scalar as str."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    return str(value)
+    """``value`` as JSON holds it (tuples as lists, anything JSON has no type for as its str)."""
+    return json.loads(json.dumps(value, default=str))
 
 
 class PhaseHistory:
