@@ -2,7 +2,8 @@
 
 A transformers ``CLIPModel`` (fresh: text and vision towers sized by flags; or continued from any
 CLIP with ``--pretrained_model_name_or_path``) is trained with CLIP's symmetric InfoNCE loss on
-caption/image pairs, captions tokenized with the project's CLIP BPE tokenizer. Images go through
+caption/image pairs (:func:`contrastive_loss`: with several processes, every pair of the global batch is
+a negative for every other, as in one process with the whole batch), captions tokenized with the project's CLIP BPE tokenizer. Images go through
 :func:`prodimg.metrics.clip_score.clip_preprocess`, the same preprocessing the CLIP score uses,
 with the normalisation of :mod:`prodimg.evaluation.clip`.
 
@@ -234,6 +235,38 @@ def _collate(examples: list[dict]) -> dict:
     return batch
 
 
+# ============================================================================================ loss
+def contrastive_loss(text_embeds: torch.Tensor, image_embeds: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """CLIP's symmetric InfoNCE loss of this process's pairs against the captions and images of the
+    whole global batch.
+
+    ``text_embeds`` and ``image_embeds`` are this process's L2-normalised embeddings (row ``i`` of one
+    pairs with row ``i`` of the other), ``logit_scale`` the model's log temperature. In one process
+    this is ``CLIPModel``'s own loss. With several (``torch.distributed`` initialised, equal batches
+    per process, as :class:`~prodimg.training.sampler.ResumableBatchSampler` gives) the embeddings of
+    every process are gathered with their gradients (``torch.distributed.nn.functional.all_gather``),
+    so each caption is scored against every image of the global batch and vice versa, and the mean of
+    the processes' losses, like the mean of their gradients that DDP takes, is the loss of one process
+    holding the whole batch. Without the gather, each process would see only its own pairs as
+    negatives, and ``N`` processes of batch ``B`` would train like batch ``B``, not ``N * B``.
+    """
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    rank = 0
+    all_text, all_image = text_embeds, image_embeds
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        from torch.distributed.nn.functional import all_gather
+
+        rank = dist.get_rank()
+        all_text, all_image = torch.cat(all_gather(text_embeds)), torch.cat(all_gather(image_embeds))
+    scale = logit_scale.exp()
+    labels = torch.arange(len(text_embeds), device=text_embeds.device) + rank * len(text_embeds)
+    caption_loss = F.cross_entropy(torch.matmul(text_embeds, all_image.t()) * scale, labels)
+    image_loss = F.cross_entropy(torch.matmul(image_embeds, all_text.t()) * scale, labels)
+    return (caption_loss + image_loss) / 2.0
+
+
 # ============================================================================================ retrieval
 def retrieval_accuracy(
     image_embeds: torch.Tensor,
@@ -420,13 +453,13 @@ class CLIPTrainer:
         acc, prec = self.accelerator, self.precision
         text = tokenize(self.tokenizer, batch["text"], self.max_length, self.device)
         pixels = pixel_values(batch["pixel_values"], self.image_size, self.image_mean, self.image_std, self.device)
+        model = acc.unwrap_model(self.model)
         with prec.autocast():
-            out = self.model(**text, pixel_values=pixels, return_loss=True)
-            loss = out.loss.float()
+            out = self.model(**text, pixel_values=pixels)
+            loss = contrastive_loss(out.text_embeds, out.image_embeds, model.logit_scale).float()
         finite = torch.isfinite(loss.detach())
         acc.backward(prec.scale(loss))
         result = guarded_step(self.optimizer, self.model.parameters(), finite, prec, acc, self.args.max_grad_norm)
-        model = acc.unwrap_model(self.model)
         with torch.no_grad():
             model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
         self.lr_scheduler.step()

@@ -6,6 +6,7 @@ One run goes through ``accelerate launch`` (a subprocess); the resume test calls
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -14,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
+from prodimg.clip_training import contrastive_loss, retrieval_accuracy
 from prodimg.clip_training import main as clip_main
-from prodimg.clip_training import retrieval_accuracy
 from prodimg.testing import TINY_TEXT_DIM, free_port, run_launch, tiny_generator
 from prodimg.training.checkpointing import checkpoint_problem
 
@@ -166,3 +167,69 @@ def test_retrieval_accuracy():
     assert retrieval_accuracy(torch.cat([emb, emb[:1]]), torch.cat([emb, emb[:1]]), 8)["num_pairs"] == 21
     with pytest.raises(ValueError, match="at least 5"):
         retrieval_accuracy(emb[:3], emb[:3], 8)
+
+
+# ------------------------------------------------------------------------------------- the loss
+def _pairs(n: int = 8, dim: int = 6):
+    g = torch.Generator().manual_seed(0)
+    text = torch.nn.functional.normalize(torch.randn(n, dim, generator=g), dim=-1)
+    image = torch.nn.functional.normalize(text + 0.8 * torch.randn(n, dim, generator=g), dim=-1)
+    return text, image, torch.tensor(math.log(10.0))
+
+
+def _one_process_loss(text, image, logit_scale):
+    """transformers' CLIPModel loss on the whole batch, with its gradients."""
+    from transformers.models.clip.modeling_clip import image_text_contrastive_loss
+
+    leaves = [x.clone().requires_grad_() for x in (text, image, logit_scale)]
+    loss = image_text_contrastive_loss(leaves[0] @ leaves[1].t() * leaves[2].exp())
+    loss.backward()
+    return loss.detach(), [x.grad for x in leaves]
+
+
+def test_contrastive_loss_in_one_process_is_clips_own():
+    text, image, scale = _pairs()
+    want, want_grads = _one_process_loss(text, image, scale)
+    leaves = [x.clone().requires_grad_() for x in (text, image, scale)]
+    got = contrastive_loss(*leaves)
+    got.backward()
+    torch.testing.assert_close(got.detach(), want)
+    for leaf, grad in zip(leaves, want_grads):
+        torch.testing.assert_close(leaf.grad, grad)
+
+
+def _contrastive_worker(rank: int, world: int, store: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        text, image, scale = _pairs()
+        per = len(text) // world
+        leaves = [text[rank * per : (rank + 1) * per].clone().requires_grad_(),
+                  image[rank * per : (rank + 1) * per].clone().requires_grad_(), scale.clone().requires_grad_()]
+        loss = contrastive_loss(*leaves)
+        loss.backward()
+        torch.save({"loss": loss.detach(), "grads": [x.grad for x in leaves]}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_contrastive_loss_across_processes_uses_the_whole_batch(tmp_path):
+    """Two gloo processes with half a batch each train like one process with all of it: the mean of their
+    losses is the whole batch's loss, and so is the mean of their gradients (what DDP applies: each
+    process's embeddings get the gradient of the sum of the processes' losses, hence the factor 2)."""
+    world = 2
+    torch.multiprocessing.spawn(_contrastive_worker, args=(world, str(tmp_path / "store"), str(tmp_path)),
+                                nprocs=world, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
+    text, image, scale = _pairs()
+    want, (g_text, g_image, g_scale) = _one_process_loss(text, image, scale)
+    torch.testing.assert_close(sum(r["loss"] for r in ranks) / world, want)
+    torch.testing.assert_close(torch.cat([r["grads"][0] for r in ranks]) / world, g_text)
+    torch.testing.assert_close(torch.cat([r["grads"][1] for r in ranks]) / world, g_image)
+    torch.testing.assert_close(sum(r["grads"][2] for r in ranks) / world, g_scale)
+    # Each half alone (its own pairs as the only negatives) is a different, easier loss.
+    per = len(text) // world
+    local = sum(contrastive_loss(text[i * per : (i + 1) * per], image[i * per : (i + 1) * per], scale)
+                for i in range(world)) / world
+    assert local < want - 0.1
