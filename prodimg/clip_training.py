@@ -2,8 +2,9 @@
 
 A transformers ``CLIPModel`` (fresh: text and vision towers sized by flags; or continued from any
 CLIP with ``--pretrained_model_name_or_path``) is trained with CLIP's symmetric InfoNCE loss on
-caption/image pairs (:func:`contrastive_loss`: with several processes, every pair of the global batch is
-a negative for every other, as in one process with the whole batch), captions tokenized with the project's CLIP BPE tokenizer. Images go through
+caption/image pairs (:func:`contrastive_loss`: with several processes, every pair of the global
+batch is a negative for every other, as in one process with the whole batch), captions tokenized
+with the project's CLIP BPE tokenizer. Images go through
 :func:`prodimg.metrics.clip_score.clip_preprocess`, the same preprocessing the CLIP score uses,
 with the normalisation of :mod:`prodimg.evaluation.clip`.
 
@@ -243,23 +244,18 @@ def contrastive_loss(text_embeds: torch.Tensor, image_embeds: torch.Tensor, logi
     ``text_embeds`` and ``image_embeds`` are this process's L2-normalised embeddings (row ``i`` of one
     pairs with row ``i`` of the other), ``logit_scale`` the model's log temperature. In one process
     this is ``CLIPModel``'s own loss. With several (``torch.distributed`` initialised, equal batches
-    per process, as :class:`~prodimg.training.sampler.ResumableBatchSampler` gives) the embeddings of
-    every process are gathered with their gradients (``torch.distributed.nn.functional.all_gather``),
-    so each caption is scored against every image of the global batch and vice versa, and the mean of
-    the processes' losses, like the mean of their gradients that DDP takes, is the loss of one process
-    holding the whole batch. Without the gather, each process would see only its own pairs as
-    negatives, and ``N`` processes of batch ``B`` would train like batch ``B``, not ``N * B``.
+    per process) the embeddings of every process are gathered with their gradients
+    (:func:`~prodimg.training.losses.gather_batch`), so each caption is scored against every image of
+    the global batch and vice versa, and the mean of the processes' losses, like the mean of their
+    gradients that DDP takes, is the loss of one process holding the whole batch. Without the gather,
+    each process would see only its own pairs as negatives, and ``N`` processes of batch ``B`` would
+    train like batch ``B``, not ``N * B``.
     """
-    import torch.distributed as dist
     import torch.nn.functional as F
 
-    rank = 0
-    all_text, all_image = text_embeds, image_embeds
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        from torch.distributed.nn.functional import all_gather
+    from .training.losses import gather_batch
 
-        rank = dist.get_rank()
-        all_text, all_image = torch.cat(all_gather(text_embeds)), torch.cat(all_gather(image_embeds))
+    rank, (all_text, all_image) = gather_batch(text_embeds, image_embeds)
     scale = logit_scale.exp()
     labels = torch.arange(len(text_embeds), device=text_embeds.device) + rank * len(text_embeds)
     caption_loss = F.cross_entropy(torch.matmul(text_embeds, all_image.t()) * scale, labels)

@@ -1260,9 +1260,63 @@ def test_clip_guidance_contrastive_objective():
     assert grad[3].abs().sum() == 0 and grad[[0, 1, 2, 4]].abs().sum() > 0
     one = torch.tensor([True, False, True, False, False])  # two rows, one caption: nothing to contrast
     assert float(guide.loss(images, text, one).detach()) == 0
+    # A caption encoded twice in one batch can differ in the last bits: still one class.
+    twice = guide.encode_texts(["red dress", "blue bag", "red dress"])
+    logits = guide.logit_scale * image[:3] @ torch.nn.functional.normalize(twice[:2], dim=-1).T
+    expected = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 0]))
+    torch.testing.assert_close(guide.loss(images[:3].detach(), twice), expected)
     with pytest.raises(ValueError, match="objective must be one of cosine, contrastive"):
         CLIPGuidance(judge, objective="hinge")
 
+
+
+_GUIDED = ["red dress", "blue bag", "red dress", "black shirt", "green sneaker", "white coat"]
+
+
+def _contrastive_guide():
+    """A contrastive guide of the tiny CLIP and six images for :data:`_GUIDED` (the same in every process)."""
+    from prodimg.evaluation.clip import CLIPJudge
+    from prodimg.text import load_clip_tokenizer
+    from prodimg.training.clip_guidance import CLIPGuidance
+
+    guide = CLIPGuidance(CLIPJudge(tiny_clip_model(), load_clip_tokenizer(), [0.5] * 3, [0.25] * 3, "tiny"),
+                         objective="contrastive")
+    guide.translate = False
+    images = torch.rand(len(_GUIDED), 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    return guide, images
+
+
+def _guidance_worker(rank: int, world: int, store: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        guide, images = _contrastive_guide()
+        per = len(images) // world
+        mine = images[rank * per : (rank + 1) * per].clone().requires_grad_(True)
+        loss = guide.loss(mine, guide.text_embeds(_GUIDED[rank * per : (rank + 1) * per]))
+        (grad,) = torch.autograd.grad(loss, mine)
+        torch.save({"loss": loss.detach(), "grad": grad}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_clip_guidance_contrastive_negatives_span_every_process(tmp_path):
+    """Two gloo processes with three rows each: each row's caption competes with the distinct captions of
+    all six rows (rank 0 alone holds only red dress and blue bag), so the processes' mean loss and
+    gradients are those of one process with the whole batch."""
+    world = 2
+    torch.multiprocessing.spawn(_guidance_worker, args=(world, str(tmp_path / "store"), str(tmp_path)),
+                                nprocs=world, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
+    guide, images = _contrastive_guide()
+    images.requires_grad_(True)
+    whole = guide.loss(images, guide.text_embeds(_GUIDED))
+    (grad,) = torch.autograd.grad(whole, images)
+    torch.testing.assert_close(sum(r["loss"] for r in ranks) / world, whole.detach())
+    torch.testing.assert_close(torch.cat([r["grad"] for r in ranks]) / world, grad)
+    alone = guide.loss(images[:3], guide.text_embeds(_GUIDED[:3]))  # rank 0's rows among its own captions
+    assert abs(float(alone.detach()) - float(ranks[0]["loss"])) > 1e-3
 
 def test_clip_guidance_text_embeddings():
     """Padded to the batch's longest caption, from the table, or encoded now: the same embeddings as

@@ -16,10 +16,11 @@ captions once into one table on the training device (4 bytes per caption per pro
 outside the table are encoded on the fly.
 
 With ``objective="contrastive"`` the term is instead CLIP's own training loss, image to text: the
-cross-entropy of each image's caption among the batch's distinct captions, at the CLIP's learned
-temperature. The cosine can be raised by what every caption shares (a garment on white, its colour);
-the contrastive term only pays for what tells the image's caption apart from the others in the batch,
-such as the category word of a garment whose colour is already right.
+cross-entropy of each image's caption among the distinct captions of the global batch (all
+processes'), at the CLIP's learned temperature. The cosine can be raised by what every caption
+shares (a garment on white, its colour); the contrastive term only pays for what tells the image's
+caption apart from the others in the batch, such as the category word of a garment whose colour is
+already right.
 
 Generated images are shifted by a random translation before the image tower (DiffAugment's
 differentiable translation, filling with white, the catalogue's background), so the generator
@@ -37,6 +38,7 @@ import torch.nn.functional as F
 
 from ..metrics.clip_score import clip_pixels
 from .augment import translate_on_white
+from .losses import gather_batch
 
 logger = logging.getLogger(__name__)
 
@@ -130,8 +132,9 @@ class CLIPGuidance:
         """The guidance term averaged over the rows in ``keep`` (all rows when None); 0 when none.
 
         ``cosine``: ``1 - cos(image, text)``. ``contrastive``: ``-log softmax`` of the image's own caption
-        among the distinct captions of the kept rows (identical captions are one class), logits
-        ``logit_scale * cos``; 0 when they hold fewer than two distinct captions.
+        among the distinct captions of the kept rows (identical captions, up to rounding, are one
+        class) of the global batch (every process's, :func:`~prodimg.training.losses.gather_batch`),
+        logits ``logit_scale * cos``; 0 when they hold fewer than two distinct captions.
         """
         image = self.image_embeds(images, generator).float()
         text = text_embeds.float()
@@ -139,13 +142,21 @@ class CLIPGuidance:
         if self.objective == "cosine":
             per_row = 1 - F.cosine_similarity(image, text, dim=-1)
         else:
-            captions, inverse = torch.unique(text, dim=0, return_inverse=True)
-            used = torch.unique(inverse[keep > 0])  # the kept rows' captions, as indices into `captions`
+            # the candidates are the captions of every process's batch (frozen: no gradient to gather)
+            rank, (all_text, all_keep) = gather_batch(text.detach(), keep)
+            # One class per caption: rows whose embeddings agree up to rounding (a caption encoded twice,
+            # even in one batch, can differ in the last bits) are one caption, its first row's.
+            unit = F.normalize(all_text, dim=-1)
+            first = (unit @ unit.T > 1 - 1e-5).to(torch.uint8).argmax(dim=1)
+            reps, inverse = torch.unique(first, return_inverse=True)
+            captions = all_text[reps]
+            used = torch.unique(inverse[all_keep > 0])  # the kept rows' captions, as indices into `captions`
             if len(used) < 2:
                 return image.sum() * 0
             classes = torch.full((len(captions),), -100, dtype=torch.long, device=image.device)
             classes[used] = torch.arange(len(used), device=image.device)
             logits = self.logit_scale * F.normalize(image, dim=-1) @ F.normalize(captions[used], dim=-1).T
+            mine = inverse[rank * len(image) : (rank + 1) * len(image)]  # this process's rows
             # a dropped row's caption may be no class (-100, ignored): its row is weighted 0 below anyway
-            per_row = F.cross_entropy(logits, classes[inverse], reduction="none", ignore_index=-100)
+            per_row = F.cross_entropy(logits, classes[mine], reduction="none", ignore_index=-100)
         return (per_row * keep).sum() / keep.sum().clamp(min=1)

@@ -1,4 +1,5 @@
-"""GAN losses for the denoising-pair discriminator: non-saturating softplus, R1, matching-aware term."""
+"""GAN losses for the denoising-pair discriminator: non-saturating softplus, R1, matching-aware term; and
+:func:`gather_batch`, the global batch of a contrastive loss's negatives."""
 
 from __future__ import annotations
 
@@ -81,3 +82,43 @@ def diversity_floor_loss(
     d = (x.float() - x2.float()).abs().flatten(1).mean(1)
     d_ref = (ref.float() - ref2.float()).abs().flatten(1).mean(1).detach()
     return F.relu(d_ref - d).mean(), d.mean(), d_ref.mean()
+
+
+
+class _AllGather(torch.autograd.Function):
+    """All processes' ``x`` concatenated along dim 0; backward: the sum over processes of the gradient of
+    this process's slice (an all-reduce, which every backend has, then the slice)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        ctx.rank, ctx.rows = dist.get_rank(), len(x)
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
+
+
+def gather_batch(*tensors: torch.Tensor) -> tuple[int, list[torch.Tensor]]:
+    """This process's rank and each of ``tensors`` concatenated along dim 0 over all processes, in rank
+    order, with gradients (the gradient of a gathered slice flows back, summed over processes, to the
+    process that owns it). In one process (or without ``torch.distributed``): ``(0, tensors)``. Every
+    process must call it with the same shapes, as
+    :class:`~prodimg.training.sampler.ResumableBatchSampler`'s equal per-process batches give.
+
+    A contrastive loss takes its negatives from the gathered batch, so ``N`` processes of batch ``B``
+    score each row against ``N * B`` candidates, as one process with the whole batch would.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return 0, list(tensors)
+    return dist.get_rank(), [_AllGather.apply(t) for t in tensors]
