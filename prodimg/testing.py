@@ -193,3 +193,24 @@ def run_launch(cmd: Sequence[str], *, env: dict, timeout: float = 300, cwd=None)
         return subprocess.CompletedProcess(
             proc.args, proc.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace")
         )
+
+
+def _gloo_worker(rank: int, world: int, store: str, out: str, fn) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        torch.save(fn(rank, world), f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def run_in_gloo_processes(fn, world: int, tmp_dir) -> list:
+    """``fn(rank, world)`` in ``world`` spawned processes of one gloo process group (a file rendezvous
+    in ``tmp_dir``, no port); returns each rank's result (anything ``torch.save`` takes), in rank order.
+    ``fn`` must be importable (a module-level function) for the spawned processes."""
+    import torch.multiprocessing as mp
+
+    tmp = str(tmp_dir)
+    mp.spawn(_gloo_worker, args=(world, f"{tmp}/gloo-store", tmp, fn), nprocs=world, join=True)
+    return [torch.load(f"{tmp}/rank{rank}.pt") for rank in range(world)]

@@ -17,7 +17,7 @@ import torch
 
 from prodimg.clip_training import contrastive_loss, retrieval_accuracy
 from prodimg.clip_training import main as clip_main
-from prodimg.testing import TINY_TEXT_DIM, free_port, run_launch, tiny_generator
+from prodimg.testing import TINY_TEXT_DIM, free_port, run_in_gloo_processes, run_launch, tiny_generator
 from prodimg.training.checkpointing import checkpoint_problem
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -198,20 +198,14 @@ def test_contrastive_loss_in_one_process_is_clips_own():
         torch.testing.assert_close(leaf.grad, grad)
 
 
-def _contrastive_worker(rank: int, world: int, store: str, out: str) -> None:
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
-    try:
-        text, image, scale = _pairs()
-        per = len(text) // world
-        leaves = [text[rank * per : (rank + 1) * per].clone().requires_grad_(),
-                  image[rank * per : (rank + 1) * per].clone().requires_grad_(), scale.clone().requires_grad_()]
-        loss = contrastive_loss(*leaves)
-        loss.backward()
-        torch.save({"loss": loss.detach(), "grads": [x.grad for x in leaves]}, f"{out}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _contrastive_rank(rank: int, world: int) -> dict:
+    text, image, scale = _pairs()
+    per = len(text) // world
+    leaves = [text[rank * per : (rank + 1) * per].clone().requires_grad_(),
+              image[rank * per : (rank + 1) * per].clone().requires_grad_(), scale.clone().requires_grad_()]
+    loss = contrastive_loss(*leaves)
+    loss.backward()
+    return {"loss": loss.detach(), "grads": [x.grad for x in leaves]}
 
 
 def test_contrastive_loss_across_processes_uses_the_whole_batch(tmp_path):
@@ -219,9 +213,7 @@ def test_contrastive_loss_across_processes_uses_the_whole_batch(tmp_path):
     losses is the whole batch's loss, and so is the mean of their gradients (what DDP applies: each
     process's embeddings get the gradient of the sum of the processes' losses, hence the factor 2)."""
     world = 2
-    torch.multiprocessing.spawn(_contrastive_worker, args=(world, str(tmp_path / "store"), str(tmp_path)),
-                                nprocs=world, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
+    ranks = run_in_gloo_processes(_contrastive_rank, world, tmp_path)
     text, image, scale = _pairs()
     want, (g_text, g_image, g_scale) = _one_process_loss(text, image, scale)
     torch.testing.assert_close(sum(r["loss"] for r in ranks) / world, want)

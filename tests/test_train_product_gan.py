@@ -28,6 +28,7 @@ from prodimg.testing import (
     LaunchTimeout,
     free_port,
     make_tiny_pipeline,
+    run_in_gloo_processes,
     run_launch,
     tiny_clip_model,
     tiny_discriminator,
@@ -1269,7 +1270,6 @@ def test_clip_guidance_contrastive_objective():
         CLIPGuidance(judge, objective="hinge")
 
 
-
 _GUIDED = ["red dress", "blue bag", "red dress", "black shirt", "green sneaker", "white coat"]
 
 
@@ -1286,19 +1286,13 @@ def _contrastive_guide():
     return guide, images
 
 
-def _guidance_worker(rank: int, world: int, store: str, out: str) -> None:
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
-    try:
-        guide, images = _contrastive_guide()
-        per = len(images) // world
-        mine = images[rank * per : (rank + 1) * per].clone().requires_grad_(True)
-        loss = guide.loss(mine, guide.text_embeds(_GUIDED[rank * per : (rank + 1) * per]))
-        (grad,) = torch.autograd.grad(loss, mine)
-        torch.save({"loss": loss.detach(), "grad": grad}, f"{out}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _guidance_rank(rank: int, world: int) -> dict:
+    guide, images = _contrastive_guide()
+    per = len(images) // world
+    mine = images[rank * per : (rank + 1) * per].clone().requires_grad_(True)
+    loss = guide.loss(mine, guide.text_embeds(_GUIDED[rank * per : (rank + 1) * per]))
+    (grad,) = torch.autograd.grad(loss, mine)
+    return {"loss": loss.detach(), "grad": grad}
 
 
 def test_clip_guidance_contrastive_negatives_span_every_process(tmp_path):
@@ -1306,9 +1300,7 @@ def test_clip_guidance_contrastive_negatives_span_every_process(tmp_path):
     all six rows (rank 0 alone holds only red dress and blue bag), so the processes' mean loss and
     gradients are those of one process with the whole batch."""
     world = 2
-    torch.multiprocessing.spawn(_guidance_worker, args=(world, str(tmp_path / "store"), str(tmp_path)),
-                                nprocs=world, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
+    ranks = run_in_gloo_processes(_guidance_rank, world, tmp_path)
     guide, images = _contrastive_guide()
     images.requires_grad_(True)
     whole = guide.loss(images, guide.text_embeds(_GUIDED))
@@ -1317,6 +1309,7 @@ def test_clip_guidance_contrastive_negatives_span_every_process(tmp_path):
     torch.testing.assert_close(torch.cat([r["grad"] for r in ranks]) / world, grad)
     alone = guide.loss(images[:3], guide.text_embeds(_GUIDED[:3]))  # rank 0's rows among its own captions
     assert abs(float(alone.detach()) - float(ranks[0]["loss"])) > 1e-3
+
 
 def test_clip_guidance_text_embeddings():
     """Padded to the batch's longest caption, from the table, or encoded now: the same embeddings as

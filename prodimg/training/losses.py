@@ -84,7 +84,6 @@ def diversity_floor_loss(
     return F.relu(d_ref - d).mean(), d.mean(), d_ref.mean()
 
 
-
 class _AllGather(torch.autograd.Function):
     """All processes' ``x`` concatenated along dim 0; backward: the sum over processes of the gradient of
     this process's slice (an all-reduce, which every backend has, then the slice)."""
