@@ -465,7 +465,9 @@ class CLIPTrainer:
         with torch.no_grad():
             logits = out.logits_per_text.float()
             acc_in_batch = float((logits.argmax(dim=1) == torch.arange(len(logits), device=logits.device)).float().mean())
-        return {"loss": float(loss.detach()), "train/t2i_top1_in_batch": acc_in_batch,
+        # the global batch's loss (the mean of the processes' shares); the in-batch top-1 is this process's
+        global_loss = float(acc.reduce(loss.detach(), reduction="mean"))
+        return {"loss": global_loss, "train/t2i_top1_in_batch": acc_in_batch,
                 "logit_scale": float(model.logit_scale.detach().exp()), "lr": self.lr_scheduler.get_last_lr()[0],
                 "skipped/nonfinite_step": float(bad)}
 
