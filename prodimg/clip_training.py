@@ -263,6 +263,18 @@ def contrastive_loss(text_embeds: torch.Tensor, image_embeds: torch.Tensor, logi
     return (caption_loss + image_loss) / 2.0
 
 
+@torch.no_grad()
+def in_batch_top1(text_embeds: torch.Tensor, image_embeds: torch.Tensor) -> float:
+    """Text->image top-1 accuracy within the global batch: the fraction of its captions, over all
+    processes, whose most similar image of the whole global batch is their own. Every process returns
+    the same figure (the embeddings are gathered as :func:`contrastive_loss` gathers them)."""
+    from .training.losses import gather_batch
+
+    _, (all_text, all_image) = gather_batch(text_embeds.detach().float(), image_embeds.detach().float())
+    nearest = torch.matmul(all_text, all_image.t()).argmax(dim=1)
+    return float((nearest == torch.arange(len(all_text), device=nearest.device)).float().mean())
+
+
 # ============================================================================================ retrieval
 def retrieval_accuracy(
     image_embeds: torch.Tensor,
@@ -462,12 +474,9 @@ class CLIPTrainer:
         self.state.step += 1
         self.state.images_seen += self.state.global_batch_size
         bad = self.guard.update(self.state.step, result, last_checkpoint=self.last_checkpoint)
-        with torch.no_grad():
-            logits = out.logits_per_text.float()
-            acc_in_batch = float((logits.argmax(dim=1) == torch.arange(len(logits), device=logits.device)).float().mean())
-        # the global batch's loss (the mean of the processes' shares); the in-batch top-1 is this process's
+        # both over the global batch: the loss is the mean of the processes' shares
         global_loss = float(acc.reduce(loss.detach(), reduction="mean"))
-        return {"loss": global_loss, "train/t2i_top1_in_batch": acc_in_batch,
+        return {"loss": global_loss, "train/t2i_top1_in_batch": in_batch_top1(out.text_embeds, out.image_embeds),
                 "logit_scale": float(model.logit_scale.detach().exp()), "lr": self.lr_scheduler.get_last_lr()[0],
                 "skipped/nonfinite_step": float(bad)}
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from prodimg.clip_training import contrastive_loss, retrieval_accuracy
+from prodimg.clip_training import contrastive_loss, in_batch_top1, retrieval_accuracy
 from prodimg.clip_training import main as clip_main
 from prodimg.testing import TINY_TEXT_DIM, free_port, run_in_gloo_processes, run_launch, tiny_generator
 from prodimg.training.checkpointing import checkpoint_problem
@@ -205,7 +205,7 @@ def _contrastive_rank(rank: int, world: int) -> dict:
               image[rank * per : (rank + 1) * per].clone().requires_grad_(), scale.clone().requires_grad_()]
     loss = contrastive_loss(*leaves)
     loss.backward()
-    return {"loss": loss.detach(), "grads": [x.grad for x in leaves]}
+    return {"loss": loss.detach(), "grads": [x.grad for x in leaves], "top1": in_batch_top1(*leaves[:2])}
 
 
 def test_contrastive_loss_across_processes_uses_the_whole_batch(tmp_path):
@@ -225,3 +225,9 @@ def test_contrastive_loss_across_processes_uses_the_whole_batch(tmp_path):
     local = sum(contrastive_loss(text[i * per : (i + 1) * per], image[i * per : (i + 1) * per], scale)
                 for i in range(world)) / world
     assert local < want - 0.1
+    # The logged in-batch top-1 is the global batch's too, the same on every process.
+    whole_top1 = float(((text @ image.t()).argmax(dim=1) == torch.arange(len(text))).float().mean())
+    halves_top1 = sum(in_batch_top1(text[i * per : (i + 1) * per], image[i * per : (i + 1) * per])
+                      for i in range(world)) / world
+    assert halves_top1 != whole_top1
+    assert [r["top1"] for r in ranks] == [whole_top1] * world
