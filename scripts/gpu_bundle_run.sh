@@ -35,7 +35,7 @@ fi
 # A pipeline without its discriminator (the shipped one) trains against a fresh one of the recipe's size, with
 # its generator anchored to where it started (ANCHOR_WEIGHT, default 10; 0 turns it off; ANCHOR_STEPS decays it
 # to 0 over that many generator steps): on the CPU this held category accuracy where a new discriminator
-# otherwise cost 17 points in 100 generator steps (the model card's "Fine-tuning this pipeline without its
+# otherwise cost 17 points in 100 generator steps (docs/default-32-history.md, "Fine-tuning this pipeline without its
 # discriminator").
 if [ ! -d "$W/pipe/discriminator" ]; then
   EXTRA_ARGS+=(--discriminator_config configs/default-32-discriminator.json --anchor_weight "${ANCHOR_WEIGHT:-10}"

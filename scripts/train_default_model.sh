@@ -16,6 +16,8 @@
 #     FT4_PATTERN_STEPS="600 1200" FT4_PATTERN_WEIGHT="0.1 0.2" bash scripts/train_default_model.sh         # the ninth version
 #   GAN_STEPS=21000 GAN_SECONDS=100000 FT_STEPS=4195 FT2_STEPS=3189 FT2_MERGE=0.5 FT4_STEPS=1200 \
 #     FT4_PATTERN_STEPS="600 2400" FT4_PATTERN_WEIGHT="0.1 0.2" bash scripts/train_default_model.sh         # the tenth version
+#   GAN_STEPS=21000 GAN_SECONDS=100000 FT_STEPS=4195 FT2_STEPS=3189 FT2_MERGE=0.5 FT4_STEPS=1200 \
+#     FT4_PATTERN_STEPS="600 3000" FT4_PATTERN_WEIGHT="0.1 0.2" bash scripts/train_default_model.sh         # the eleventh (shipped)
 #
 # Every stage is resumable: rerunning continues from the newest complete checkpoint. GAN_SECONDS
 # bounds the GAN's wall-clock time: the run is stopped at the deadline and the EMA generator of the

@@ -29,7 +29,7 @@ such as the shipped default) is first met by a discriminator that cannot tell re
 gradients wreck the generator within a hundred steps. ``--discriminator_warmup_steps`` (by default
 :data:`DEFAULT_DISCRIMINATOR_WARMUP` in that case, else 0) trains only the discriminator for the first
 steps, leaving the generator, its EMA and its optimizer untouched. On the shipped default this reduces
-the damage but does not prevent it (its model card has the figures): keep a pipeline's discriminator.
+the damage but does not prevent it (docs/default-32-history.md has the figures): keep a pipeline's discriminator.
 ``--anchor_weight`` holds the generator's outputs near the pipeline's own while a new discriminator learns.
 ``--adversarial_weight 0`` goes without a discriminator: the generator learns from CLIP or classifier
 guidance alone, held to its pipeline by the anchor, and no discriminator step runs.
