@@ -1024,9 +1024,10 @@ def test_clip_guidance_by_a_clip_with_another_text_tower(fixtures, clips, tmp_pa
 
 
 def test_adversarial_weight_zero_trains_without_a_discriminator(fixtures, clips, tmp_path, monkeypatch):
-    """--adversarial_weight 0: no discriminator step and no warm-up (though the pipeline has no saved
-    discriminator); the generator learns from CLIP guidance and the anchor from step 1; the saved
-    discriminator is the one it started with, and the pipeline is saved without it."""
+    """--adversarial_weight 0: no discriminator at all (none built, optimised, checkpointed or saved, though
+    a --discriminator_config is given) and no warm-up; the generator learns from CLIP guidance and the
+    anchor from step 1. A pipeline's own discriminator is kept as it was. A checkpoint without one cannot
+    be resumed with a discriminator."""
     from prodimg.training.sampler import endless_batches
 
     out = tmp_path / "out"
@@ -1034,22 +1035,32 @@ def test_adversarial_weight_zero_trains_without_a_discriminator(fixtures, clips,
         fixtures, out, adversarial_weight=0.0, clip_guidance_model=str(clips[1]), anchor_weight=1.0,
         discriminator_warmup_steps=None, checkpointing_steps=1, max_train_steps=2, validation_steps=100,
     )
+    assert args["discriminator_config"] != "preset"
     trainer = GANTrainer(parse_args(to_argv(args)))
     assert trainer.d_warmup == 0
-    d_start = {k: v.clone() for k, v in trainer.D.state_dict().items()}
+    assert (trainer.D, trainer.opt_d, trainer.lr_d) == (None, None, None)
+    assert trainer.components.discriminator_source == "none"
     batches = endless_batches(trainer.loader, trainer.sampler, trainer.state)
     logs = trainer.train_step([next(batches)])
     assert {"loss/g_clip", "loss/g_anchor"} <= set(logs)
-    assert not {k for k in logs if k.startswith(("loss/d", "d_accuracy", "loss/g/"))} and "loss/g" not in logs
-    assert all(torch.equal(v, d_start[k]) for k, v in trainer.D.state_dict().items())
+    assert not {k for k in logs if k.startswith(("loss/d", "d_accuracy", "loss/g/", "lr/d"))} and "loss/g" not in logs
 
     train_product_gan(**args)
-    d1, d2 = _weights(out, 1, "discriminator"), _weights(out, 2, "discriminator")
-    assert all(torch.equal(d1[k], d2[k]) for k in d1)
+    for step in (1, 2):
+        folder = out / f"checkpoint-{step}"
+        assert ckpt.checkpoint_problem(folder) is None
+        assert not (folder / "discriminator").exists()
+        assert not list(folder.glob("*_d.*"))  # no discriminator optimizer or schedule
     g1, g2 = _weights(out, 1, "generator"), _weights(out, 2, "generator")
     assert any(not torch.equal(g1[k], g2[k]) for k in g1)
-    assert "none (adversarial weight 0: not trained; not saved)" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "none (adversarial weight 0: none built)" in card and "### discriminator" not in card
     assert not (out / "discriminator").exists()  # an untrained one must not pass for a trained one later
+    # resumed with --adversarial_weight 0 it continues; with a discriminator it says why it cannot
+    assert train_product_gan(**{**args, "max_train_steps": 3, "resume_from_checkpoint": "latest"})["global_step"] == 3
+    with pytest.raises(ValueError, match="has no discriminator: the run that wrote it had --adversarial_weight 0"):
+        train_product_gan(**{**args, "adversarial_weight": 1.0, "clip_guidance_model": None, "anchor_weight": 0.0,
+                             "max_train_steps": 4, "resume_from_checkpoint": "latest"})
 
     first, then = tmp_path / "first", tmp_path / "then"  # a pipeline with a trained D keeps it, as it was
     train_product_gan(**base_args(fixtures, first, max_train_steps=1))

@@ -32,7 +32,9 @@ steps, leaving the generator, its EMA and its optimizer untouched. On the shippe
 the damage but does not prevent it (docs/default-32-history.md has the figures): keep a pipeline's discriminator.
 ``--anchor_weight`` holds the generator's outputs near the pipeline's own while a new discriminator learns.
 ``--adversarial_weight 0`` goes without a discriminator: the generator learns from CLIP or classifier
-guidance alone, held to its pipeline by the anchor, and no discriminator step runs.
+guidance alone, held to its pipeline by the anchor, and no discriminator step runs. No discriminator is
+built either (nor optimised, checkpointed or saved); only a pipeline's own, continued as usual when no
+``--discriminator_config`` asks for a new one, is loaded and saved again as it was.
 
 Every optimizer step goes through :func:`prodimg.training.precision.guarded_step` (fp16 loss
 scaling, non-finite skip, consistent across processes). Mixed precision is handled by
@@ -196,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="Weight of the discriminator's (adversarial) term in the generator's loss. 0 fine-tunes without a "
         "discriminator: no discriminator steps at all, the generator learns from --clip_guidance_model and/or "
         "--classifier_guidance_model only, held near its starting pipeline by --anchor_weight (a guidance and "
-        "the anchor are required then).",
+        "the anchor are required then). No discriminator is built then; a pipeline's own (without "
+        "--discriminator_config) is saved again as it was.",
     )
     g.add_argument(
         "--clip_guidance_model",
@@ -467,10 +470,10 @@ class Components:
     tokenizer: Any
     text_encoder: Any
     generator: ProductGenerator
-    discriminator: ProductDiscriminator
+    discriminator: ProductDiscriminator | None  # None: --adversarial_weight 0 and none saved to keep
     scheduler: DDGANScheduler
     source: str  # "pipeline" or "text_encoder"
-    discriminator_source: str  # "saved" (continued from the pipeline's folder) or "new"
+    discriminator_source: str  # "saved" (continued from the pipeline's folder), "new" or "none"
 
 
 def _pooled_dim(text_encoder) -> int:
@@ -572,6 +575,10 @@ def load_components(args: argparse.Namespace) -> Components:
                 )
         logger.info(f"Continuing with the discriminator saved in {saved_d}")
         d_source = "saved"
+    elif args.adversarial_weight == 0:  # nothing would train it, and an untrained one is not saved
+        if args.discriminator_config != "preset":
+            logger.info("No discriminator: --adversarial_weight 0 builds none, so --discriminator_config is unused")
+        discriminator, d_source = None, "none"
     else:
         cfg = model_config(
             args.discriminator_config,
@@ -585,7 +592,9 @@ def load_components(args: argparse.Namespace) -> Components:
         d_source = "new"
     text_encoder.requires_grad_(False)
     text_encoder.eval()
-    return Components(tokenizer, text_encoder, generator, discriminator.train(), scheduler, source, d_source)
+    if discriminator is not None:
+        discriminator.train()
+    return Components(tokenizer, text_encoder, generator, discriminator, scheduler, source, d_source)
 
 
 def discriminator_warmup(args: argparse.Namespace, c: Components) -> int:
@@ -798,7 +807,7 @@ class GANTrainer:
             eps=args.adam_epsilon,
             weight_decay=args.adam_weight_decay,
         )
-        self.opt_d = opt_d = torch.optim.AdamW(
+        self.opt_d = opt_d = None if D is None else torch.optim.AdamW(
             D.parameters(),
             lr=args.d_learning_rate or args.learning_rate,
             betas=betas,
@@ -812,7 +821,7 @@ class GANTrainer:
             num_warmup_steps=args.lr_warmup_steps,
             num_training_steps=max(args.max_train_steps - self.d_warmup, 1),
         )
-        self.lr_d = get_scheduler(
+        self.lr_d = None if D is None else get_scheduler(
             args.lr_scheduler,
             opt_d,
             num_warmup_steps=args.lr_warmup_steps,
@@ -840,7 +849,11 @@ class GANTrainer:
             self._load(self.resume_path)
 
         # 6. One prepare for both networks and both optimizers (LR schedules step on the global step).
-        self.G, self.D, self.opt_g, self.opt_d = accelerator.prepare(G, D, opt_g, opt_d)
+        if D is None:
+            self.D = None
+            self.G, self.opt_g = accelerator.prepare(G, opt_g)
+        else:
+            self.G, self.D, self.opt_g, self.opt_d = accelerator.prepare(G, D, opt_g, opt_d)
         self.ema.to(self.device)
         self.loader = DataLoader(
             self.train_dataset,
@@ -875,7 +888,7 @@ class GANTrainer:
 
     # ------------------------------------------------------------------------------------ state
     def _states(self) -> dict[str, Any]:
-        return {
+        states = {
             "optimizer_g": self.opt_g,
             "optimizer_d": self.opt_d,
             "lr_scheduler_g": self.lr_g,
@@ -887,15 +900,30 @@ class GANTrainer:
             "trainer": self.state,
             "phases": self.phases,
         }
+        return {name: obj for name, obj in states.items() if obj is not None}
+
+    def _models(self, unwrap: bool = False) -> dict[str, torch.nn.Module]:
+        """The networks a checkpoint holds: the generator, and the discriminator when this run has one."""
+        if unwrap:
+            G = self.accelerator.unwrap_model(self.G)
+            D = None if self.D is None else self.accelerator.unwrap_model(self.D)
+        else:
+            G, D = self.components.generator, self.components.discriminator
+        return {"generator": G} if D is None else {"generator": G, "discriminator": D}
 
     def _load(self, path: Path) -> None:
-        c = self.components
+        if self.components.discriminator is not None and not (path / "discriminator").is_dir():
+            raise ValueError(
+                f"{path} has no discriminator: the run that wrote it had --adversarial_weight 0. To train with "
+                "one, start a new run from that run's saved pipeline (a new discriminator gets its warm-up), "
+                "or resume with --adversarial_weight 0"
+            )
         states = self._states()
         states["trainer"] = None  # read raw, to compare the data layout before applying it
         states["phases"] = None  # read raw: it needs the trainer state's step
         rng, raw = load_checkpoint(
             path,
-            {"generator": c.generator, "discriminator": c.discriminator},
+            self._models(),
             states,
             process_index=self.accelerator.process_index,
             optional=("phases",),
@@ -935,7 +963,7 @@ class GANTrainer:
             acc,
             self.output_dir,
             self.state.step,
-            models={"generator": acc.unwrap_model(self.G), "discriminator": acc.unwrap_model(self.D)},
+            models=self._models(unwrap=True),
             states=self._states(),
             rng_state=lambda: capture_rng_state({"train": self.gen}),
             total_limit=self.args.checkpoints_total_limit,
@@ -1014,9 +1042,10 @@ class GANTrainer:
                 "skipped/amp_overflow_total": self.guard.total_overflow,
                 "skipped/nonfinite_step": float(bad),
                 "lr/generator": self.lr_g.get_last_lr()[0],
-                "lr/discriminator": self.lr_d.get_last_lr()[0],
             }
         )
+        if self.lr_d is not None:
+            stats["lr/discriminator"] = self.lr_d.get_last_lr()[0]
         if prec.scaler is not None:
             stats["amp/loss_scale"] = float(prec.scaler.get_scale())
         for key in [k for k in stats if k.startswith("loss/") or k == "r1_penalty"]:
@@ -1081,10 +1110,12 @@ class GANTrainer:
     def _generator_step(self, conds: list[tuple], add, force_nan: bool = False) -> StepResult:
         """The generator phase of a step: D frozen, and called unwrapped so DDP(D) expects no gradients."""
         args, acc, sched, gen, prec = self.args, self.accelerator, self.scheduler, self.gen, self.precision
-        G_mod, D_mod = acc.unwrap_model(self.G), acc.unwrap_model(self.D)
+        G_mod = acc.unwrap_model(self.G)
+        D_mod = None if self.D is None else acc.unwrap_model(self.D)
         n, z_dim = len(conds), G_mod.config.z_dim
         anchor_weight = self.anchor_weight(self.state.step + 1)
-        D_mod.requires_grad_(False)
+        if D_mod is not None:
+            D_mod.requires_grad_(False)
         finite = torch.ones((), dtype=torch.bool, device=self.device)
         try:
             for i, (x0, texts, hidden, mask, pooled, dropped) in enumerate(conds):
@@ -1146,7 +1177,8 @@ class GANTrainer:
                     finite &= torch.isfinite(loss.detach())
                     acc.backward(prec.scale(loss))
         finally:
-            D_mod.requires_grad_(True)
+            if D_mod is not None:
+                D_mod.requires_grad_(True)
         res_g = guarded_step(self.opt_g, self.G.parameters(), finite, prec, acc, args.max_grad_norm)
         if res_g.stepped:
             self.ema.step(G_mod.parameters())
@@ -1322,8 +1354,8 @@ class GANTrainer:
         acc.wait_for_everyone()
         from accelerate.utils import gather_object
 
-        G_mod, D_mod = acc.unwrap_model(self.G), acc.unwrap_model(self.D)
-        digest = parameter_digest(G_mod, D_mod, self.ema.shadow_params)
+        models = self._models(unwrap=True)
+        digest = parameter_digest(*models.values(), self.ema.shadow_params)
         digests = gather_object([digest])
         summary: dict[str, Any] = {
             "global_step": self.state.step,
@@ -1358,7 +1390,7 @@ class GANTrainer:
             pipe = self.pipeline(final_g)
             pipe.save_pretrained(self.output_dir)
             if self.saves_discriminator:
-                D_mod.save_pretrained(self.output_dir / "discriminator", safe_serialization=True)
+                models["discriminator"].save_pretrained(self.output_dir / "discriminator", safe_serialization=True)
             prompts = args.validation_prompts
             cols = max(args.num_validation_images, 1)
             sample_grid = None
@@ -1386,9 +1418,10 @@ class GANTrainer:
 
     @property
     def saves_discriminator(self) -> bool:
-        """Whether the saved pipeline gets a ``discriminator/``. Not a new one that this run never trained
-        (``--adversarial_weight 0``): a later fine-tune would continue an untrained initialisation as a
-        trained discriminator, without the warm-up a new one gets."""
+        """Whether the saved pipeline gets a ``discriminator/``: one this run trained, or the pipeline's own
+        kept as it was. With ``--adversarial_weight 0`` and none to keep, the run builds none: an untrained
+        initialisation saved as a pipeline's discriminator would be continued by a later fine-tune as a
+        trained one, without the warm-up a new one gets."""
         return self.args.adversarial_weight > 0 or self.components.discriminator_source == "saved"
 
     def _write_card(self, summary: dict, sample_grid: str | None) -> None:
@@ -1439,8 +1472,8 @@ class GANTrainer:
             "discriminator": (
                 f"{c.discriminator_source}, {self.d_warmup} warm-up steps, adversarial weight {args.adversarial_weight}"
                 if args.adversarial_weight > 0
-                else "none (adversarial weight 0: not trained; "
-                + ("the loaded one saved as it was)" if self.saves_discriminator else "not saved)")
+                else "none (adversarial weight 0: "
+                + ("not trained; the loaded one saved as it was)" if self.saves_discriminator else "none built)")
             ),
             "EMA decay": args.ema_decay,
             "phases": _phase_lines(summary["phases"], self.phases.arguments),
@@ -1456,12 +1489,11 @@ class GANTrainer:
             ] = summary["best_fid"]
             last_step, last_fid = summary["fid_history"][-1]
             metrics[f"validation FID (last, step {int(last_step)})"] = last_fid
-        configs = {
-            "generator": dict(c.generator.config),
-            "discriminator": dict(self.accelerator.unwrap_model(self.D).config),
-            "scheduler": dict(self.scheduler.config),
-            "training arguments": _recorded_arguments(args),
-        }
+        configs = {"generator": dict(c.generator.config)}
+        if c.discriminator is not None:
+            configs["discriminator"] = dict(c.discriminator.config)
+        configs["scheduler"] = dict(self.scheduler.config)
+        configs["training arguments"] = _recorded_arguments(args)
         card = render_pipeline_card(
             model_name=args.hub_model_id or self.output_dir.name,
             dataset=dataset,
