@@ -8,6 +8,8 @@
 #   PIPE=runs/default-32-v2/gan-ft bash scripts/gpu_bundle.sh                  # stage 3c: from 3b's result,
 #   SECS=430 BATCH=1024 WORKERS=10 CKPT=1000 bash .gpu_bundle/run.sh           # at batch 1024
 #   PIPE=P CLIP=runs/clip-32-cont bash scripts/gpu_bundle.sh                   # with CLIP guidance (below)
+#   PIPE=pipelines/prodimg-fashion-32 TEACHER=runs/default-32/teacher bash scripts/gpu_bundle.sh   # and/or
+#                                                                              # classifier guidance (below)
 #
 # - Fashion-MNIST's IDX files, xz-compressed (the catalogue is rebuilt there with the same seed; rebuilt
 #   here from these files it is byte-identical to data/fashion-catalog-32);
@@ -20,6 +22,10 @@
 # - with CLIP (a train_clip.py output or its clip/ folder): that CLIP, in the same transport copy, and run.sh
 #   trains with --clip_guidance_model (weight CLIP_WEIGHT there, default the trainer's). When its text tower
 #   is PIPE's text encoder it travels without it (run.sh restores it from the pipeline's encoder).
+# - with TEACHER (an attribute classifier of train_attribute_classifier.py, 1 MB; stage 3e's teacher, not
+#   prodimg eval's judge): run.sh trains with --classifier_guidance_model, heads TEACHER_HEADS there (default
+#   category,pattern=0.2, stage 3e's last phase) at weight TEACHER_WEIGHT (default the trainer's), so an
+#   adversarial fine-tune of a guided pipeline keeps being taught its categories and patterns.
 # - wheels of diffusers, datasets, dill and multiprocess, the versions installed here (the GPU image has
 #   torch, transformers and accelerate).
 set -euo pipefail
@@ -30,6 +36,10 @@ BUNDLE=${BUNDLE:-.gpu_bundle}
 FMNIST_DIR=${FMNIST_DIR:-/usr/share/datasets/fashion-mnist}
 DATA=${DATA:-data/fashion-catalog-32}
 CLIP=${CLIP:-}
+TEACHER=${TEACHER:-}
+if [ -n "$TEACHER" ] && [ ! -f "$TEACHER/config.json" ]; then
+  echo "TEACHER=$TEACHER is not an attribute classifier folder (no config.json)" >&2; exit 2
+fi
 rm -rf "$BUNDLE"; mkdir -p "$BUNDLE/fmnist" "$BUNDLE/whl"
 for stem in train-images-idx3-ubyte t10k-images-idx3-ubyte; do
   zcat "$FMNIST_DIR/$stem.gz" | xz -9 -T0 > "$BUNDLE/fmnist/$stem.xz"
@@ -96,6 +106,9 @@ PY
 for f in "$BUNDLE"/pipe/text_encoder/model.safetensors "$BUNDLE"/clip/model.safetensors; do
   if [ -f "$f" ]; then xz -9 -T0 "$f"; fi
 done
+if [ -n "$TEACHER" ]; then
+  mkdir -p "$BUNDLE/teacher" && cp "$TEACHER"/config.json "$TEACHER"/*.safetensors "$BUNDLE/teacher/"
+fi
 cp scripts/gpu_bundle_run.sh "$BUNDLE/run.sh"
 du -sh "$BUNDLE"
 # The device takes at most 64 MiB per call (DEVICE_LIMIT_MB), the repository's tracked files included. A bundle

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine, from the repository root, as BUNDLE/run.sh (scripts/gpu_bundle.sh copies it there):
 # installs the carried wheels, rebuilds the catalogue, restores the pipeline (and the guidance CLIP if the bundle
-# carries one: CLIP_WEIGHT sets its weight), runs the fine-tune at BATCH
+# carries one: CLIP_WEIGHT sets its weight; and the guidance classifier if it carries a teacher: TEACHER_HEADS,
+# default category,pattern=0.2, and TEACHER_WEIGHT set its heads and weight), runs the fine-tune at BATCH
 # (the settings of train_default_model.sh's stages 3b/3c, without its embedding cache; 256 for 3b, 1024 for 3c)
 # until STEPS or SECS, and packs the result into OUT: final.tar (EMA pipeline without the text encoder, logs,
 # samples) and the last checkpoint in 15 MB parts (ckpt.tar.part-*). Here (3b; 3c: gan-ft2 and gan-ft's
@@ -31,6 +32,10 @@ FROZEN=("$W/pipe/text_encoder"); EXTRA_ARGS=()
 if [ -d "$B/clip" ]; then
   cp -r "$B/clip" "$W/clip"; xz -d "$W/clip/model.safetensors.xz"; FROZEN+=("$W/clip")
   EXTRA_ARGS+=(--clip_guidance_model "$W/clip" ${CLIP_WEIGHT:+--clip_guidance_weight "$CLIP_WEIGHT"})
+fi
+if [ -d "$B/teacher" ]; then
+  EXTRA_ARGS+=(--classifier_guidance_model "$B/teacher" --classifier_guidance_heads "${TEACHER_HEADS:-category,pattern=0.2}"
+               ${TEACHER_WEIGHT:+--classifier_guidance_weight "$TEACHER_WEIGHT"})
 fi
 # A pipeline without its discriminator (the shipped one) trains against a fresh one of the recipe's size, with
 # its generator anchored to where it started (ANCHOR_WEIGHT, default 10; 0 turns it off; ANCHOR_STEPS decays it
