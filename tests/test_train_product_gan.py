@@ -1026,8 +1026,8 @@ def test_clip_guidance_by_a_clip_with_another_text_tower(fixtures, clips, tmp_pa
 def test_adversarial_weight_zero_trains_without_a_discriminator(fixtures, clips, tmp_path, monkeypatch):
     """--adversarial_weight 0: no discriminator at all (none built, optimised, checkpointed or saved, though
     a --discriminator_config is given) and no warm-up; the generator learns from CLIP guidance and the
-    anchor from step 1. A pipeline's own discriminator is kept as it was. A checkpoint without one cannot
-    be resumed with a discriminator."""
+    anchor from step 1. A pipeline's own discriminator is kept as it was (frozen, not optimised or
+    checkpointed). A checkpoint without one cannot be resumed with a discriminator."""
     from prodimg.training.sampler import endless_batches
 
     out = tmp_path / "out"
@@ -1064,10 +1064,19 @@ def test_adversarial_weight_zero_trains_without_a_discriminator(fixtures, clips,
 
     first, then = tmp_path / "first", tmp_path / "then"  # a pipeline with a trained D keeps it, as it was
     train_product_gan(**base_args(fixtures, first, max_train_steps=1))
-    train_product_gan(**{**args, "pretrained_model_name_or_path": str(first), "discriminator_config": "preset",
-                         "output_dir": str(then), "max_train_steps": 1})
+    keep = {**args, "pretrained_model_name_or_path": str(first), "discriminator_config": "preset",
+            "output_dir": str(then), "max_train_steps": 1}
+    kept = GANTrainer(parse_args(to_argv(keep)))  # kept, frozen, and neither optimised nor checkpointed
+    assert kept.components.discriminator_source == "saved"
+    assert (kept.D, kept.opt_d, kept.lr_d) == (None, None, None)
+    assert not any(p.requires_grad for p in kept.components.discriminator.parameters())
+    del kept
+    train_product_gan(**keep)
     assert "the loaded one saved as it was" in (then / "README.md").read_text()
     weights = "discriminator/diffusion_pytorch_model.safetensors"
+    assert (then / weights).read_bytes() == (first / weights).read_bytes()
+    assert not (then / "checkpoint-1" / "discriminator").exists() and not list((then / "checkpoint-1").glob("*_d.*"))
+    assert train_product_gan(**{**keep, "max_train_steps": 2, "resume_from_checkpoint": "latest"})["global_step"] == 2
     assert (then / weights).read_bytes() == (first / weights).read_bytes()
 
     monkeypatch.setenv("PRODIMG_TEST_FORCE_NONFINITE", "1")  # without D, the generator's loss is the one forced

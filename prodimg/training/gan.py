@@ -792,7 +792,13 @@ class GANTrainer:
             self.classifier_guidance = guide
 
         # 4. Optimizers, LR schedules, EMA.
-        G, D = c.generator, c.discriminator
+        G = c.generator
+        # The discriminator this run trains. With --adversarial_weight 0 a pipeline's own one is only kept, to
+        # be saved again as it was: frozen, with no optimizer or schedule, and not in the checkpoints (a resume
+        # loads it from the pipeline again).
+        D = c.discriminator if args.adversarial_weight > 0 else None
+        if c.discriminator is not None and D is None:
+            c.discriminator.requires_grad_(False)
         self.d_warmup = discriminator_warmup(args, c)
         if self.d_warmup:
             logger.info(
@@ -902,17 +908,23 @@ class GANTrainer:
         }
         return {name: obj for name, obj in states.items() if obj is not None}
 
+    @property
+    def trains_discriminator(self) -> bool:
+        """Whether the discriminator (if any) trains, so that checkpoints must hold it."""
+        return self.components.discriminator is not None and self.args.adversarial_weight > 0
+
     def _models(self, unwrap: bool = False) -> dict[str, torch.nn.Module]:
-        """The networks a checkpoint holds: the generator, and the discriminator when this run has one."""
+        """The networks a checkpoint holds: the generator, and the discriminator when this run trains one."""
         if unwrap:
             G = self.accelerator.unwrap_model(self.G)
             D = None if self.D is None else self.accelerator.unwrap_model(self.D)
         else:
-            G, D = self.components.generator, self.components.discriminator
+            G = self.components.generator
+            D = self.components.discriminator if self.trains_discriminator else None
         return {"generator": G} if D is None else {"generator": G, "discriminator": D}
 
     def _load(self, path: Path) -> None:
-        if self.components.discriminator is not None and not (path / "discriminator").is_dir():
+        if self.trains_discriminator and not (path / "discriminator").is_dir():
             raise ValueError(
                 f"{path} has no discriminator: the run that wrote it had --adversarial_weight 0. To train with "
                 "one, start a new run from that run's saved pipeline (a new discriminator gets its warm-up), "
@@ -1389,8 +1401,8 @@ class GANTrainer:
                 summary["saved_generator"] = f"EMA weights of step {self.state.step}"
             pipe = self.pipeline(final_g)
             pipe.save_pretrained(self.output_dir)
-            if self.saves_discriminator:
-                models["discriminator"].save_pretrained(self.output_dir / "discriminator", safe_serialization=True)
+            if self.saves_discriminator:  # trained by this run, or the pipeline's own kept as it was
+                self.components.discriminator.save_pretrained(self.output_dir / "discriminator", safe_serialization=True)
             prompts = args.validation_prompts
             cols = max(args.num_validation_images, 1)
             sample_grid = None
