@@ -92,7 +92,7 @@ FT5_STEPS=${FT5_STEPS:-0}
 FT5_BATCH=${FT5_BATCH:-256}
 FT5_SECONDS=${FT5_SECONDS:-1000000}
 FT5_HEADS=${FT5_HEADS:-category,pattern=0.2}
-# Check the pattern phases now, not hours later when stage 3e reaches them.
+# Check the pattern phases and stage 3f's heads now, not hours later when their stages reach them.
 read -r -a FT4_PATTERN_STEPS_LIST <<< "$FT4_PATTERN_STEPS"
 read -r -a FT4_PATTERN_WEIGHT_LIST <<< "$FT4_PATTERN_WEIGHT"
 if [ "${#FT4_PATTERN_STEPS_LIST[@]}" != "${#FT4_PATTERN_WEIGHT_LIST[@]}" ]; then
