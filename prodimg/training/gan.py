@@ -796,7 +796,7 @@ class GANTrainer:
         # The discriminator this run trains. With --adversarial_weight 0 a pipeline's own one is only kept, to
         # be saved again as it was: frozen, with no optimizer or schedule, and not in the checkpoints (a resume
         # loads it from the pipeline again).
-        D = c.discriminator if args.adversarial_weight > 0 else None
+        D = c.discriminator if self.trains_discriminator else None
         if c.discriminator is not None and D is None:
             c.discriminator.requires_grad_(False)
         self.d_warmup = discriminator_warmup(args, c)
@@ -1430,11 +1430,11 @@ class GANTrainer:
 
     @property
     def saves_discriminator(self) -> bool:
-        """Whether the saved pipeline gets a ``discriminator/``: one this run trained, or the pipeline's own
-        kept as it was. With ``--adversarial_weight 0`` and none to keep, the run builds none: an untrained
-        initialisation saved as a pipeline's discriminator would be continued by a later fine-tune as a
-        trained one, without the warm-up a new one gets."""
-        return self.args.adversarial_weight > 0 or self.components.discriminator_source == "saved"
+        """Whether the saved pipeline gets a ``discriminator/``: whenever the run has one, i.e. one this run
+        trained or the pipeline's own kept as it was. With ``--adversarial_weight 0`` and none to keep,
+        :func:`load_components` builds none: an untrained initialisation saved as a pipeline's discriminator
+        would be continued by a later fine-tune as a trained one, without the warm-up a new one gets."""
+        return self.components.discriminator is not None
 
     def _write_card(self, summary: dict, sample_grid: str | None) -> None:
         args, c = self.args, self.components
